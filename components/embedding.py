@@ -1,0 +1,142 @@
+"""Batch text encoding with a model's own pooling, instructions and lengths.
+
+Shared by mining, the embedding teacher and evaluation, so all three see the same
+vectors for the same model. Texts are sorted by length before batching (little padding),
+run under ``torch.inference_mode`` and, where the hardware has it, in bf16 (CPU with
+AVX-512 bf16 / AMX) or fp16 (GPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from components.model_profiles import ModelProfile, ResolvedModel
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How to run an encoder.
+
+    Attributes:
+        batch_size: texts per forward pass.
+        precision: ``auto`` picks fp16 on GPU, bf16 on a CPU with native bf16, else fp32.
+        device: ``auto`` (first GPU if any, else CPU), ``cpu``, or ``cuda:N``.
+        show_progress: draw a progress bar.
+    """
+
+    batch_size: int = 64
+    precision: Precision = "auto"
+    device: str = "auto"
+    show_progress: bool = True
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where bf16 pays."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """CLS or attention-masked mean pooling, as FlagEmbedding and sentence-transformers do."""
+    if pooling == "cls":
+        return last_hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    return (last_hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class TextEncoder:
+    """Encodes queries and passages the way a model's profile says.
+
+    Args:
+        model: the resolved model (path and profile).
+        config: batch size, precision, device.
+    """
+
+    def __init__(self, model: ResolvedModel, config: EncodeConfig = EncodeConfig()) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_ref = model
+        self.profile: ModelProfile = model.profile
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.precision, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model.path)
+        self.model = AutoModel.from_pretrained(model.path, torch_dtype=self.dtype)
+        self.model.to(self.device).eval()
+        logger.info("encoder %s on %s in %s (%s pooling)", model.name, self.device, self.dtype,
+                    self.profile.pooling)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def fingerprint(self, kind: str) -> str:
+        """Identifies vectors: same fingerprint, same vectors (model, profile, kind, dtype)."""
+        digest = hashlib.sha256()
+        digest.update(repr((self.model_ref.path, self.profile.to_dict(), kind, str(self.dtype))).encode())
+        return digest.hexdigest()[:16]
+
+    def encode_queries(self, texts: Sequence[str], description: str = "encode queries") -> np.ndarray:
+        formatted = [self.profile.format_query(t) for t in texts]
+        return self._encode(formatted, self.profile.query_max_len, description)
+
+    def encode_passages(self, texts: Sequence[str], description: str = "encode passages") -> np.ndarray:
+        formatted = [self.profile.format_passage(t) for t in texts]
+        return self._encode(formatted, self.profile.passage_max_len, description)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts without truncation (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+    def _encode(self, texts: list[str], max_length: int, description: str) -> np.ndarray:
+        output = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return output
+        # Sorting by length keeps padding, and so wasted matmul work, small.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        batch_size = self.config.batch_size
+        with torch.inference_mode(), tqdm(total=len(texts), desc=description, unit="text",
+                                          disable=not self.config.show_progress, mininterval=2.0) as bar:
+            for start in range(0, len(texts), batch_size):
+                index = order[start:start + batch_size]
+                batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                       max_length=max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**batch, return_dict=True).last_hidden_state
+                vectors = pool(hidden, batch["attention_mask"], self.profile.pooling).float()
+                if self.profile.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, dim=-1)
+                output[index] = vectors.cpu().numpy()
+                bar.update(len(index))
+        return output
