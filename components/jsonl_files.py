@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 class DataError(ValueError):
@@ -28,8 +28,15 @@ class DataError(ValueError):
         super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+def read_jsonl(
+    path: str | os.PathLike, on_error: Callable[[DataError], None] | None = None
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, value)`` for each non-blank line.
+
+    Args:
+        path: the file.
+        on_error: called with each undecodable line's error, which is then skipped;
+            without it the error is raised.
 
     Raises:
         DataError: on a missing file, bytes that are not UTF-8, or a line that is not JSON.
@@ -41,14 +48,19 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
         for number, raw in enumerate(handle, start=1):
             try:
                 text = raw.decode("utf-8")
+                if not text.strip():
+                    continue
+                value = json.loads(text)
             except UnicodeDecodeError as error:
-                raise DataError(path, number, "", f"invalid UTF-8 at byte {error.start}") from None
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
+                problem = DataError(path, number, "", f"invalid UTF-8 at byte {error.start}")
             except json.JSONDecodeError as error:
-                raise DataError(path, number, "", f"malformed JSON: {error.msg} at column {error.colno}") from None
+                problem = DataError(path, number, "", f"malformed JSON: {error.msg} at column {error.colno}")
+            else:
+                yield number, value
+                continue
+            if on_error is None:
+                raise problem
+            on_error(problem)
 
 
 def read_jsonl_objects(path: str | os.PathLike) -> list[dict]:
