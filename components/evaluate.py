@@ -651,11 +651,10 @@ def _bar_chart_png(metrics: dict, pool: str) -> bytes:
     axes.set_xticks(positions, names)
     axes.set_ylim(0, 1.1)
     axes.set_title(f"{POOL_TITLES[pool]} ({_pool_size(metrics, pool)} passages)")
-    axes.legend(loc="upper left", fontsize=8)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", bbox_inches="tight")
     return buffer.getvalue()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import build_tiny_bert
 
 from components import evaluate as evaluate_module
 from components.embedding import EncodeConfig, TextEncoder
@@ -24,7 +25,7 @@ from components.evaluate import (
     separation_stats,
 )
 from components.jsonl_files import DataError
-from components.model_profiles import ModelProfile, resolve_model, write_model_profile
+from components.model_profiles import resolve_model
 
 ENCODE = EncodeConfig(batch_size=8, precision="fp32", device="cpu", show_progress=False)
 CONFIG = EvaluateConfig(ks=(1, 5, 10), encode=ENCODE)
@@ -57,30 +58,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _build_tiny_bert(folder: Path, seed: int) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    characters = sorted({c for text in CORPUS + [json.dumps(TEST_ROWS, ensure_ascii=False)] for c in text}
-                        - {" ", "\n"})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + characters + [f"##{c}" for c in characters]
-    folder.mkdir(parents=True)
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=False)
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    write_model_profile(folder, ModelProfile(pooling="mean", query_max_len=32, passage_max_len=64))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("models")
-    return str(_build_tiny_bert(root / "base", seed=1)), str(_build_tiny_bert(root / "tuned", seed=2))
+    texts = CORPUS + [row["query"] for row in TEST_ROWS] + [t for row in TEST_ROWS for t in row.get("neg", [])]
+    return (str(build_tiny_bert(root / "base", texts, pooling="mean", seed=1)),
+            str(build_tiny_bert(root / "tuned", texts, pooling="mean", seed=2)))
 
 
 @pytest.fixture()
@@ -215,6 +198,19 @@ def test_evaluate_end_to_end_same_model(models, data_files, tmp_path):
     page = result.report_html_path.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 2
     assert "<table>" in page and 'src="http' not in page and "<script" not in page  # self-contained
+
+
+def test_evaluate_without_negatives_reports_no_separation(models, data_files, tmp_path):
+    base, tuned = models
+    test, corpus = data_files
+    _write_jsonl(test, [{"query": row["query"], "pos": row["pos"]} for row in TEST_ROWS])
+    result = evaluate_retrieval(test, corpus, base, tuned, tmp_path / "out", EvaluateConfig(ks=(2,), encode=ENCODE))
+    assert list(result.flat) == flat_metric_names((2,))
+    assert all(math.isnan(result.flat[f"separation_{role}"]) for role in ("base", "finetuned", "delta"))
+    on_disk = json.loads(result.metrics_path.read_text(encoding="utf-8"))  # strict JSON: null, not NaN
+    assert on_disk["base"]["separation"]["separation"] is None
+    assert on_disk["counts"]["rows_with_negatives"] == 0
+    assert "| separation | n/a | n/a | n/a | n/a |" in result.report_md_path.read_text(encoding="utf-8")
 
 
 def test_evaluate_reuses_base_embedding_cache(models, data_files, tmp_path, monkeypatch):
