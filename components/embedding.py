@@ -93,7 +93,7 @@ class TextEncoder:
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.precision, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model.path)
-        self.model = AutoModel.from_pretrained(model.path, torch_dtype=self.dtype)
+        self.model = AutoModel.from_pretrained(model.path, dtype=self.dtype)
         self.model.to(self.device).eval()
         logger.info("encoder %s on %s in %s (%s pooling)", model.name, self.device, self.dtype,
                     self.profile.pooling)

@@ -34,6 +34,7 @@ FLAG_EMBEDDER_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.base"
 # Runs FlagEmbedding's own entry point, after freezing the word embeddings.
 FROZEN_EMBEDDINGS_MODULE = "components.flag_embedder_entry"
 SUMMARY_FILENAME = "training_summary.json"
+TRAINING_LOG_FILENAME = "training.log"
 
 Precision = Literal["auto", "fp16", "bf16", "fp32"]
 Switch = Literal["auto", "on", "off"]
@@ -231,7 +232,9 @@ def build_torchrun_command(config: TrainConfig, flag_arguments: list[str], pytor
     module = FROZEN_EMBEDDINGS_MODULE if config.freeze_word_embeddings else FLAG_EMBEDDER_MODULE
     launcher = [sys.executable, "-m", "torch.distributed.run"]
     if pytorchjob:
-        rendezvous: list[str] = []
+        # torchrun reads PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE itself, but
+        # takes the master only from PET_MASTER_*, which the operator does not set.
+        rendezvous = ["--master_addr", os.environ["MASTER_ADDR"], "--master_port", os.environ["MASTER_PORT"]]
     elif config.nnodes == 1:
         rendezvous = ["--standalone", "--nnodes", "1", "--nproc_per_node", str(config.nproc_per_node)]
     else:
@@ -326,7 +329,8 @@ def fine_tune(
 
     trained = work / "model"
     flags = build_flag_arguments(config, base, data_file, trained, distill, deepspeed_file, work / "datasets_cache")
-    command = build_torchrun_command(config, flags)
+    # Inside a Kubeflow PyTorchJob replica the operator has set the rendezvous variables.
+    command = build_torchrun_command(config, flags, pytorchjob="PET_NNODES" in os.environ)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.nproc_per_node)))
     if base.is_local:
@@ -354,6 +358,7 @@ def fine_tune(
         shutil.copytree(trained, staged, ignore=None if config.keep_checkpoints
                         else shutil.ignore_patterns("checkpoint-*"))
         write_model_profile(staged, profile)
+        shutil.copy2(work / "train.log", staged / TRAINING_LOG_FILENAME)
         (staged / SUMMARY_FILENAME).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n",
                                                encoding="utf-8")
     shutil.rmtree(work, ignore_errors=True)

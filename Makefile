@@ -1,0 +1,29 @@
+# Set-up is part of every target: a fresh machine needs only Python 3.11 and make.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.searchtune-installed
+
+.PHONY: setup demo test compile benchmarks clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch first, or a dependency pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/searchtune run --local
+
+test: setup
+	$(PY) -m pytest -q
+
+compile: setup
+	$(VENV)/bin/searchtune compile --output searchtune_pipeline.yaml
+
+clean:
+	rm -rf runs local_outputs .pytest_cache

@@ -1,0 +1,194 @@
+"""KFP v2 components: thin shells around the steps in ``components/``.
+
+Each body imports its step inside (KFP ships the function's source, not the module) and
+maps artifacts to paths. On a cluster they run in the searchtune image, where the
+package is installed; locally ``kfp.local.SubprocessRunner`` runs them in this Python.
+"""
+
+
+import os
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+SEARCHTUNE_IMAGE = os.environ.get("SEARCHTUNE_IMAGE", "ghcr.io/searchtune/searchtune:0.1.0")
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def prepare_data(
+    train_data: str,
+    test_data: str,
+    corpus: str,
+    sample_queries: int,
+    sample_seed: int,
+    test_fraction: float,
+    seed: int,
+    skip_invalid: bool,
+    model: str,
+    query_max_len: int,
+    passage_max_len: int,
+    train_set: Output[Dataset],
+    test_set: Output[Dataset],
+    global_pool: Output[Dataset],
+    data_report: Output[Markdown],
+):
+    """Validate rows (or generate the built-in sample), split 9:1, build the global pool."""
+    import shutil
+    import tempfile
+
+    from components.data_sources import resolve_training_inputs
+    from components.prepare import PrepareConfig, prepare_training_data
+    from components.sample_data import SampleDataConfig
+
+    work = tempfile.mkdtemp(prefix="prepare-")
+    inputs = resolve_training_inputs(train_data, test_data, corpus, work,
+                                     SampleDataConfig(seed=sample_seed, num_queries=sample_queries))
+    prepared = prepare_training_data(
+        inputs.train, f"{work}/out",
+        PrepareConfig(test_fraction=test_fraction, seed=seed, skip_invalid=skip_invalid, model=model,
+                      query_max_len=query_max_len, passage_max_len=passage_max_len),
+        test_path=inputs.test, corpus_path=inputs.corpus)
+    for source, artifact in ((prepared.train, train_set), (prepared.test, test_set),
+                             (prepared.corpus, global_pool), (prepared.report_markdown, data_report)):
+        shutil.move(str(source), artifact.path)
+    counts = prepared.report["counts"]
+    train_set.metadata.update({"rows": counts["train_queries"]})
+    test_set.metadata.update({"rows": counts["test_queries"]})
+    global_pool.metadata.update({"passages": counts["global_pool_passages"]})
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def mine_negatives(
+    train_set: Input[Dataset],
+    test_set: Input[Dataset],
+    global_pool: Input[Dataset],
+    model: str,
+    negative_range: str,
+    negative_number: int,
+    max_negative_score_fraction: float,
+    seed: int,
+    query_max_len: int,
+    passage_max_len: int,
+    encode_batch_size: int,
+    mined_train: Output[Dataset],
+    mined_test: Output[Dataset],
+    base_embeddings: Output[Artifact],
+):
+    """Hard negatives from the base model's ranking; keeps the pool's vectors for evaluation."""
+    import shutil
+    import tempfile
+
+    from components.embedding import EncodeConfig
+    from components.mine import MineConfig, mine_hard_negatives, parse_range
+
+    config = MineConfig(model=model, range_for_sampling=parse_range(negative_range),
+                        negative_number=negative_number,
+                        max_negative_score_fraction=max_negative_score_fraction or None, seed=seed,
+                        query_max_len=query_max_len, passage_max_len=passage_max_len,
+                        encode=EncodeConfig(batch_size=encode_batch_size))
+    mined = mine_hard_negatives(train_set.path, tempfile.mkdtemp(prefix="mine-"), config,
+                                test_path=test_set.path, corpus_path=global_pool.path)
+    shutil.move(str(mined.train), mined_train.path)
+    shutil.move(str(mined.test), mined_test.path)
+    shutil.move(str(mined.base_embeddings), base_embeddings.path)
+    mined_train.metadata.update(mined.stats["train"])
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def score_pairs(
+    mined_train: Input[Dataset],
+    teacher: str,
+    teacher_model: str,
+    encode_batch_size: int,
+    scored_train: Output[Dataset],
+):
+    """Teacher scores for every (query, passage) pair: the soft labels for distillation."""
+    import shutil
+    import tempfile
+
+    from components.embedding import EncodeConfig
+    from components.score import ScoreConfig, score_with_teacher
+
+    config = ScoreConfig(teacher=teacher, teacher_model=teacher_model, batch_size=encode_batch_size,
+                         encode=EncodeConfig(batch_size=encode_batch_size))
+    shutil.move(str(score_with_teacher(mined_train.path, tempfile.mkdtemp(prefix="score-"), config)),
+                scored_train.path)
+    scored_train.metadata.update({"teacher": teacher, "teacher_model": teacher_model})
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def fine_tune_embedder(
+    scored_train: Input[Dataset],
+    model: str,
+    train_group_size: int,
+    query_max_len: int,
+    passage_max_len: int,
+    knowledge_distillation: str,
+    learning_rate: float,
+    temperature: float,
+    num_train_epochs: float,
+    max_steps: int,
+    per_device_train_batch_size: int,
+    precision: str,
+    deepspeed: bool,
+    gradient_checkpointing: bool,
+    freeze_word_embeddings: bool,
+    nproc_per_node: int,
+    seed: int,
+    finetuned_model: Output[Model],
+    training_metrics: Output[Metrics],
+):
+    """FlagEmbedding fine-tuning under torchrun (one node; PyTorchJob on the cluster)."""
+    from components.train import TrainConfig, fine_tune
+
+    config = TrainConfig(model=model, train_group_size=train_group_size, query_max_len=query_max_len,
+                         passage_max_len=passage_max_len, knowledge_distillation=knowledge_distillation,
+                         learning_rate=learning_rate, temperature=temperature,
+                         num_train_epochs=num_train_epochs, max_steps=max_steps,
+                         per_device_train_batch_size=per_device_train_batch_size, precision=precision,
+                         deepspeed=deepspeed, gradient_checkpointing=gradient_checkpointing,
+                         freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node,
+                         seed=seed)
+    result = fine_tune(scored_train.path, finetuned_model.path, config)
+    finetuned_model.metadata.update({"base_model": model, "framework": "FlagEmbedding",
+                                     "knowledge_distillation": result.summary["knowledge_distillation"]})
+    if result.summary["final_loss"] is not None:
+        training_metrics.log_metric("final_train_loss", float(result.summary["final_loss"]))
+    if result.summary["train_runtime_s"] is not None:
+        training_metrics.log_metric("train_runtime_s", float(result.summary["train_runtime_s"]))
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def evaluate_models(
+    mined_test: Input[Dataset],
+    global_pool: Input[Dataset],
+    base_embeddings: Input[Artifact],
+    finetuned_model: Input[Model],
+    base_model: str,
+    query_max_len: int,
+    passage_max_len: int,
+    encode_batch_size: int,
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+    report_html: Output[HTML],
+    results: Output[Artifact],
+):
+    """Base vs fine-tuned: recall/MRR@1/5/10 in the test and global pools, separation."""
+    import shutil
+    import tempfile
+
+    from components.embedding import EncodeConfig
+    from components.evaluate import EvaluateConfig, evaluate_retrieval
+
+    config = EvaluateConfig(query_max_len=query_max_len, passage_max_len=passage_max_len,
+                            encode=EncodeConfig(batch_size=encode_batch_size))
+    result = evaluate_retrieval(mined_test.path, global_pool.path, base_model, finetuned_model.path,
+                                tempfile.mkdtemp(prefix="evaluate-"), config,
+                                base_passage_embeddings=base_embeddings.path)
+    for name, value in result.flat.items():
+        # KFP metrics must be numbers; separation is NaN when no test row has negatives.
+        if value == value:
+            metrics.log_metric(name, float(value))
+    shutil.move(str(result.report_md_path), report.path)
+    shutil.move(str(result.report_html_path), report_html.path)
+    shutil.move(str(result.metrics_path), results.path)
