@@ -50,7 +50,8 @@ def fetch_input(location: str, work_dir: str | os.PathLike) -> Path:
         bucket, key = split_s3_uri(location)
         target = Path(work_dir) / "inputs" / bucket / key
         with atomic_path(target) as temporary:
-            boto3.client("s3").download_file(bucket, key, str(temporary))
+            # A fresh session reads the current environment; the default one caches it.
+            boto3.session.Session().client("s3").download_file(bucket, key, str(temporary))
         logger.info("fetched %s", location)
         return target
     path = Path(location).expanduser()

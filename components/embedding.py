@@ -76,6 +76,15 @@ def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) 
     return (last_hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def load_tokenizer(model: ResolvedModel):
+    """The model's tokenizer, loaded the same way everywhere in searchtune."""
+    from transformers import AutoTokenizer
+
+    # transformers 4.57.3+ warns about a Mistral regex for every local folder saved by a
+    # 4.57.x release (huggingface/transformers#44031); these are not Mistral tokenizers.
+    return AutoTokenizer.from_pretrained(model.path, fix_mistral_regex=False)
+
+
 class TextEncoder:
     """Encodes queries and passages the way a model's profile says.
 
@@ -85,14 +94,14 @@ class TextEncoder:
     """
 
     def __init__(self, model: ResolvedModel, config: EncodeConfig = EncodeConfig()) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         self.model_ref = model
         self.profile: ModelProfile = model.profile
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.precision, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model.path)
+        self.tokenizer = load_tokenizer(model)
         self.model = AutoModel.from_pretrained(model.path, dtype=self.dtype)
         self.model.to(self.device).eval()
         logger.info("encoder %s on %s in %s (%s pooling)", model.name, self.device, self.dtype,

@@ -516,7 +516,7 @@ def evaluate_retrieval(test_path: str | os.PathLike, corpus_path: str | os.PathL
         "negatives_not_in_corpus": len(data.extra_negatives),
     }
     metrics = {
-        "models": {"base": base_model, "finetuned": finetuned_model},
+        "models": {"base": str(base_model), "finetuned": str(finetuned_model)},
         "ks": list(config.ks),
         "base": base,
         "finetuned": finetuned,

@@ -163,7 +163,7 @@ def _known_profile(name: str) -> ModelProfile | None:
     return KNOWN_PROFILES.get(key)
 
 
-def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> ResolvedModel:
+def resolve_model(name: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> ResolvedModel:
     """Turn a model name into a loadable path and its profile.
 
     Args:
@@ -175,6 +175,7 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> Reso
     Raises:
         ValueError: for an unknown ``builtin:`` name.
     """
+    name = str(name)
     if name.startswith(BUILTIN_SCHEME):
         from components.builtin_models import materialize_builtin_model
 

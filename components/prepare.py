@@ -189,12 +189,11 @@ def _percentiles(values: list[int]) -> dict[str, float]:
 
 
 def _token_statistics(model_name: str, queries: list[str], passages: list[str], config: PrepareConfig) -> dict:
-    from transformers import AutoTokenizer
-
+    from components.embedding import load_tokenizer
     from components.model_profiles import resolve_model
 
     model = resolve_model(model_name)
-    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    tokenizer = load_tokenizer(model)
     stats: dict = {"model": model_name}
     for kind, texts, max_len, fmt in (
         ("query", queries, config.query_max_len, model.profile.format_query),
