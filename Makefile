@@ -25,5 +25,11 @@ test: setup
 compile: setup
 	$(VENV)/bin/searchtune compile --output searchtune_pipeline.yaml
 
+# Not run by CI: each prints a table and writes benchmarks/results/*.json (see README).
+benchmarks: setup
+	$(PY) benchmarks/mining.py --repeats 3
+	$(PY) benchmarks/training_throughput.py
+	$(PY) benchmarks/local_pipeline.py
+
 clean:
 	rm -rf runs local_outputs .pytest_cache

@@ -133,29 +133,33 @@ def exact_ranking(pool_vectors, query_vectors, k: int, threads: int):
 
 
 def candidate_windows(ids, positives: list[list[int]], query_pool_ids: list[int], start: int, stop: int,
-                      semantics: str):
+                      semantics: str) -> list[list[int]]:
     """Each query's candidate window, as pool ids, under one implementation's semantics.
 
     ``ours``: positions ``[start:stop]`` of the full ranking, then positives and the query's
     own text are dropped. ``st``: positives are removed from the ranking first, then positions
     ``[start:stop]`` of what is left are kept (sentence-transformers sets their scores to -inf
     and re-runs ``topk(range_max)``).
-    Also returns, per query, how many positives rank in ``[0:start)`` and in ``[start:stop)``.
     """
-    windows, before, inside = [], [], []
-    for row, pos in zip(ids, positives):
+    windows = []
+    for row, pos, query_id in zip(ids, positives, query_pool_ids):
         pos_set = set(pos)
         ranked = [int(i) for i in row if i >= 0]
-        before.append(sum(i in pos_set for i in ranked[:start]))
-        inside.append(sum(i in pos_set for i in ranked[start:stop]))
         if semantics == "ours":
-            window = [i for i in ranked[start:stop] if i not in pos_set]
+            windows.append([i for i in ranked[start:stop] if i not in pos_set and i != query_id])
         else:
-            window = [i for i in ranked if i not in pos_set][start:stop]
-        windows.append(window)
-    if semantics == "ours":
-        windows = [[i for i in w if i != q] for w, q in zip(windows, query_pool_ids)]
-    return windows, before, inside
+            windows.append([i for i in ranked if i not in pos_set][start:stop])
+    return windows
+
+
+def positive_positions(ids, positives: list[list[int]], start: int, stop: int) -> tuple[list[int], list[int]]:
+    """Per query: how many positives rank in ``[0:start)`` and in ``[start:stop)``."""
+    before, inside = [], []
+    for row, pos in zip(ids, positives):
+        ranked = [int(i) for i in row[:stop]]
+        before.append(sum(i in pos for i in ranked[:start]))
+        inside.append(sum(i in pos for i in ranked[start:stop]))
+    return before, inside
 
 
 class ForwardRecorder:
@@ -380,8 +384,10 @@ def run_worker(spec_path: str) -> None:
     max_pos = max(len(p) for p in positives)
     ids = exact_ranking(np.ascontiguousarray(captured["pool"], dtype=np.float32),
                         np.ascontiguousarray(captured["queries"], dtype=np.float32),
-                        stop + max_pos, spec["threads"])
-    windows, before, inside = candidate_windows(ids, positives, query_ids, start, stop, outcome["semantics"])
+                        max(stop, spec["range"][1]) + max_pos, spec["threads"])
+    windows = candidate_windows(ids, positives, query_ids, start, stop, outcome["semantics"])
+    # Against ours' (a, b) whatever the run: decides when the two windows are the same.
+    before, inside = positive_positions(ids, positives, *spec["range"])
 
     width = max(len(w) for w in windows)
     window_array = np.full((len(rows), width), -1, dtype=np.int64)
@@ -481,7 +487,7 @@ def summarize_run(result: dict, shape: dict, peak: dict) -> dict:
     }
 
 
-def overlap(arrays: dict, reference: dict, negatives: int, window: int) -> dict:
+def overlap(arrays: dict, reference: dict, negatives: int) -> dict:
     import numpy as np
 
     jaccards, inside, window_jaccards, chance = [], [], [], []
@@ -637,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.threads)
     logger.info("machine: %s, %d threads, avx512_bf16=%s amx_bf16=%s", machine["cpu_model"], args.threads,
                 machine["flags"]["avx512_bf16"], machine["flags"]["amx_bf16"])
+    load = machine["load_average_at_start"]
+    if load and load[0] > 0.25 * (machine["logical_cpus"] or 1):
+        logger.warning("1-minute load average is %.2f before the benchmark starts: other work shares these CPUs, "
+                       "and with every core in use the OpenMP threads wait on each other, which can slow each "
+                       "op several-fold; run on a quiet machine for figures to publish", load[0])
     if not cpu_has_native_bf16() and any(r.endswith("bf16") for r in args.run_list):
         logger.warning("this CPU has no native bf16: the bf16 rows measure emulated bf16")
 
@@ -698,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = REFERENCE_RUN if REFERENCE_RUN in arrays else next((r for r in arrays if r.startswith("st")), None)
     for run in report_runs:
         report_runs[run]["overlap_vs_reference"] = (
-            overlap(arrays[run], arrays[reference], args.negatives, stop - start)
+            overlap(arrays[run], arrays[reference], args.negatives)
             if reference and run != reference else None)
 
     speedups = {}
@@ -738,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": report_runs,
         "speedups": speedups,
     }
+    report["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["targets"] = build_targets(report)
     write_json(args.output, report)  # temp file + rename
     logger.info("wrote %s", args.output)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +42,7 @@ class ScoreConfig:
         query_max_len: cross-encoder query tokens (FlagEmbedding's ``query_max_length``).
         max_length: cross-encoder pair tokens.
         embedding_temperature: the embedding teacher's scores are cosine / this.
-        batch_size: pairs (cross-encoder) or texts (embedding) per forward pass.
+        batch_size: cross-encoder pairs per forward pass.
         devices: e.g. ``["cuda:0", "cuda:1"]``; empty lets FlagEmbedding pick (all GPUs, else CPU).
         fp16: half precision on GPU.
         encode: the embedding teacher's encoder settings.
@@ -90,7 +90,7 @@ def _cross_encoder_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
 
 
 def _embedding_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
-    encoder = TextEncoder(resolve_model(config.teacher_model), replace(config.encode, batch_size=config.batch_size))
+    encoder = TextEncoder(resolve_model(config.teacher_model), config.encode)
     queries = list(dict.fromkeys(row["query"] for row in rows))
     passages = list(dict.fromkeys(p for row in rows for p in row["pos"] + (row.get("neg") or [])))
     query_vectors = encoder.encode_queries(queries, "teacher: queries")

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from components.jsonl_files import DataError
@@ -133,6 +134,10 @@ def _command_run(args: argparse.Namespace) -> int:
 
     from pipelines.pipeline import searchtune_pipeline
 
+    # The pipeline's base image and display names are for the cluster; locally the package
+    # is installed in this Python, which is what the runner's warnings ask about.
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     parameters = _pipeline_parameters(args)
     run_dir = Path(args.output_dir or DEFAULT_RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"searchtune: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        # A failed pipeline step or training run: its own log, above, says why.
+        print(f"searchtune: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

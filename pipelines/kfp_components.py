@@ -109,7 +109,7 @@ def score_pairs(
     from components.embedding import EncodeConfig
     from components.score import ScoreConfig, score_with_teacher
 
-    config = ScoreConfig(teacher=teacher, teacher_model=teacher_model, batch_size=encode_batch_size,
+    config = ScoreConfig(teacher=teacher, teacher_model=teacher_model,
                          encode=EncodeConfig(batch_size=encode_batch_size))
     shutil.move(str(score_with_teacher(mined_train.path, tempfile.mkdtemp(prefix="score-"), config)),
                 scored_train.path)

@@ -50,7 +50,7 @@ class PipelineParameters:
     gradient_checkpointing: bool = True
     freeze_word_embeddings: bool = False
     nproc_per_node: int = 2
-    encode_batch_size: int = 64
+    encode_batch_size: int = 256
 
     def as_arguments(self) -> dict:
         return asdict(self)
@@ -80,7 +80,6 @@ LOCAL = RECIPE.with_overrides(
     gradient_checkpointing=False,
     freeze_word_embeddings=True,
     nproc_per_node=1,
-    encode_batch_size=32,
 )
 
 PRESETS: dict[str, PipelineParameters] = {"recipe": RECIPE, "local": LOCAL}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_bert
+from tests.conftest import build_tiny_bert
 
 from components import evaluate as evaluate_module
 from components.embedding import EncodeConfig, TextEncoder
