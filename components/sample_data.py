@@ -62,7 +62,7 @@ class SampleDataConfig:
     """
 
     seed: int = 20260101
-    num_queries: int = 600
+    num_queries: int = 1500
     distractors_per_query: float = 3.0
     max_positives_per_query: int = 3
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from components.sample_data import SampleDataConfig
+
 
 @dataclass(frozen=True)
 class PipelineParameters:
@@ -25,8 +27,8 @@ class PipelineParameters:
     train_data: str = ""
     test_data: str = ""
     corpus: str = ""
-    sample_queries: int = 600
-    sample_seed: int = 20260101
+    sample_queries: int = SampleDataConfig.num_queries
+    sample_seed: int = SampleDataConfig.seed
     student_model: str = "BAAI/bge-large-zh-v1.5"
     teacher: str = "cross-encoder"
     teacher_model: str = "BAAI/bge-reranker-v2-m3"
@@ -72,7 +74,7 @@ LOCAL = RECIPE.with_overrides(
     query_max_len=64,
     passage_max_len=128,
     train_group_size=4,
-    learning_rate=3e-5,
+    learning_rate=5e-5,
     num_train_epochs=1.0,
     per_device_train_batch_size=8,
     precision="auto",

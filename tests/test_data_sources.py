@@ -15,6 +15,7 @@ import pytest
 
 from components.data_sources import resolve_training_inputs, split_s3_uri
 from components.jsonl_files import DataError, read_jsonl_objects
+from components.sample_data import SampleDataConfig
 
 ACCESS_KEY, SECRET_KEY = "searchtune-test", "searchtune-test-secret"
 
@@ -92,7 +93,7 @@ def test_wrong_credentials_are_refused(tmp_path, s3_endpoint, tiny_dataset, monk
 def test_empty_training_data_means_the_builtin_sample(tmp_path):
     inputs = resolve_training_inputs("", "", "", tmp_path)
     rows = read_jsonl_objects(inputs.train)
-    assert len(rows) == 600 and inputs.corpus is not None and inputs.test is None
+    assert len(rows) == SampleDataConfig().num_queries and inputs.corpus is not None and inputs.test is None
 
 
 def test_missing_local_file_and_bad_uri_are_named(tmp_path):

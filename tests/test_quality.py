@@ -19,7 +19,7 @@ from tests.conftest import SHARED_DATA
 pytestmark = pytest.mark.slow
 
 DATA = SHARED_DATA / "cmrc_drcd_zh"
-TRAIN_QUERIES, TEST_QUERIES, DISTRACTORS_PER_QUERY = 800, 250, 8
+TRAIN_QUERIES, TEST_QUERIES, DISTRACTORS_PER_QUERY = 1600, 250, 8
 
 
 def _lexical_neighbours(queries: list[str], texts: list[str], per_query: int) -> set[int]:
