@@ -149,7 +149,12 @@ def main() -> int:
     for kd in args.kd:
         overrides = [f"knowledge_distillation={kd}", f"num_train_epochs={args.epochs}"] + args.set
         runs.append(run_pipeline(f"kd_{kd}", args.data_dir, args.work_dir, overrides))
+        # Written after every run, so a finished run survives a later one being cut short.
+        report(runs, args)
+    return 0
 
+
+def report(runs: list[dict], args: argparse.Namespace) -> None:
     console = Console()
     table = Table(title="Local pipeline on cmrc_drcd_zh (kfp.local, 2 cores)")
     table.add_column("run")
@@ -187,7 +192,6 @@ def main() -> int:
     temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(temporary, args.output)
     console.print(f"wrote {args.output}")
-    return 0
 
 
 if __name__ == "__main__":

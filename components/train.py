@@ -354,6 +354,11 @@ def fine_tune(
         "config": asdict(config),
         "command": command,
     }
+    if int(os.environ.get("PET_NODE_RANK", "0")) != 0:
+        # Only the first node's main process saves the model (the Trainer's rule).
+        logger.info("node %s done; node 0 writes the model", os.environ["PET_NODE_RANK"])
+        shutil.rmtree(work, ignore_errors=True)
+        return TrainResult(model_dir=output_dir, summary=summary)
     with atomic_path(output_dir) as staged:
         shutil.copytree(trained, staged, ignore=None if config.keep_checkpoints
                         else shutil.ignore_patterns("checkpoint-*"))
