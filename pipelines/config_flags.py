@@ -58,7 +58,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "
         if field.name in skip or (isinstance(annotation, type) and dataclasses.is_dataclass(annotation)):
             continue
         kind, extra = _converter(annotation)
-        group.add_argument(f"--{prefix}{field.name.replace('_', '-')}", dest=f"{prefix}{field.name}",
+        group.add_argument(f"--{(prefix + field.name).replace('_', '-')}", dest=f"{prefix}{field.name}",
                            type=kind, default=None, help=_field_help(cls, field.name), **extra)
 
 
