@@ -47,10 +47,10 @@ class StepMonitor(threading.Thread):
         self.interval = interval
         self.steps: dict[str, dict] = {}
         self.peak_total_rss = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def _tree_rss(self, process: psutil.Process) -> int:
@@ -63,7 +63,7 @@ class StepMonitor(threading.Thread):
         return total
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             now = time.time()
             try:
                 self.peak_total_rss = max(self.peak_total_rss, self._tree_rss(self.root))
@@ -81,7 +81,28 @@ class StepMonitor(threading.Thread):
                 step = self.steps.setdefault(match.group(1), {"first_seen": now, "peak_rss_bytes": 0})
                 step["last_seen"] = now
                 step["peak_rss_bytes"] = max(step["peak_rss_bytes"], self._tree_rss(child))
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
+
+
+_TASK_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (Executing task|Task) \S*'([\w-]+)'")
+
+
+def step_times_from_log(log_path: Path) -> dict[str, float]:
+    """Each step's wall time from the KFP local runner's own start/finish log lines."""
+    started: dict[str, float] = {}
+    durations: dict[str, float] = {}
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = _TASK_LINE.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
+        if not match:
+            continue
+        hours, minutes, seconds = match.group(1).split(":")
+        stamp = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        step = match.group(3).replace("-", "_")
+        if match.group(2) == "Executing task":
+            started[step] = stamp
+        elif step in started:
+            durations[step] = round((stamp - started[step]) % 86400, 1)
+    return durations
 
 
 def machine() -> dict:
@@ -120,15 +141,22 @@ def run_pipeline(name: str, data_dir: Path, work: Path, overrides: list[str]) ->
     wall = time.time() - started
     if code != 0:
         raise RuntimeError(f"run {name} failed ({code}); see {log_path}")
+    return run_record(name, overrides, run_dir, log_path, wall, monitor)
+
+
+def run_record(name: str, overrides: list[str], run_dir: Path, log_path: Path, wall: float,
+               monitor: StepMonitor | None) -> dict:
+    """One run's figures; without a monitor (a run recorded after the fact) memory is unknown."""
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    times = step_times_from_log(log_path)
     steps = {}
     for step in STEPS:
-        seen = monitor.steps.get(step)
-        steps[step] = ({"wall_s": round(seen["last_seen"] - seen["first_seen"], 1),
-                        "peak_rss_gb": round(seen["peak_rss_bytes"] / 2**30, 2)} if seen
-                       else {"wall_s": 0.0, "peak_rss_gb": 0.0, "cached": True})
+        seen = monitor.steps.get(step) if monitor else None
+        steps[step] = {"wall_s": times.get(step, 0.0), "cached": step not in times,
+                       "peak_rss_gb": round(seen["peak_rss_bytes"] / 2**30, 2) if seen else None}
     return {"name": name, "overrides": overrides, "wall_s": round(wall, 1),
-            "peak_rss_gb": round(monitor.peak_total_rss / 2**30, 2), "steps": steps, "metrics": metrics,
+            "peak_rss_gb": round(monitor.peak_total_rss / 2**30, 2) if monitor else None, "steps": steps,
+            "metrics": metrics,
             "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir)}
 
 
@@ -141,9 +169,18 @@ def main() -> int:
                         help="extra pipeline parameters for both runs")
     parser.add_argument("--kd", nargs="+", default=["on", "off"], choices=["on", "off"])
     parser.add_argument("--output", type=Path, default=RESULTS / "local_pipeline.json")
+    parser.add_argument("--record", metavar="WALL_S", type=float,
+                        help="do not run: record the finished runs in --work-dir (named by --kd) whose "
+                             "whole wall time was WALL_S; step times come from their logs, memory is unknown")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.record is not None:
+        runs = [run_record(f"kd_{kd}", [f"knowledge_distillation={kd}", f"num_train_epochs={args.epochs}"] + args.set,
+                           args.work_dir / f"kd_{kd}", args.work_dir / f"kd_{kd}.log", args.record, None)
+                for kd in args.kd]
+        report(runs, args)
+        return 0
 
     runs = []
     for kd in args.kd:
@@ -165,9 +202,10 @@ def report(runs: list[dict], args: argparse.Namespace) -> None:
     verdicts = []
     for run in runs:
         m = run["metrics"]
-        cells = [f"{s['wall_s']:.0f}s / {s['peak_rss_gb']:.1f}G" if not s.get("cached") else "cached"
-                 for s in run["steps"].values()]
-        table.add_row(run["name"], *cells, f"{run['wall_s'] / 60:.1f} min", f"{run['peak_rss_gb']:.2f}",
+        cells = ["cached" if s["cached"] else f"{s['wall_s']:.0f}s" + (
+            f" / {s['peak_rss_gb']:.1f}G" if s["peak_rss_gb"] is not None else "") for s in run["steps"].values()]
+        peak = run["peak_rss_gb"]
+        table.add_row(run["name"], *cells, f"{run['wall_s'] / 60:.1f} min", "not sampled" if peak is None else f"{peak:.2f}",
                       f"{m['global_recall_at_1_base']:.4f}→{m['global_recall_at_1_finetuned']:.4f}",
                       f"{m['global_mrr_at_10_base']:.4f}→{m['global_mrr_at_10_finetuned']:.4f}",
                       f"{m['test_recall_at_1_base']:.4f}→{m['test_recall_at_1_finetuned']:.4f}")
@@ -176,7 +214,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> None:
             "run": run["name"],
             "under_60_min": run["wall_s"] < 3600,
             "steps_wall_s": round(step_total, 1),
-            "under_6_gb": run["peak_rss_gb"] < 6.0,
+            "under_6_gb": None if run["peak_rss_gb"] is None else run["peak_rss_gb"] < 6.0,
             "global_recall_at_1_gain": round(m["global_recall_at_1_delta"], 4),
             "recall_gain_at_least_0.10": m["global_recall_at_1_delta"] >= 0.10,
             "global_mrr_at_10_above_bm25": m["global_mrr_at_10_finetuned"] > BM25_GLOBAL_MRR_AT_10,
