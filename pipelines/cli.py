@@ -24,6 +24,13 @@ logger = logging.getLogger("searchtune")
 DEFAULT_RUNS_DIR = Path("runs")
 
 
+def _add_split_files(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-data", required=True, help="training rows (JSONL)")
+    parser.add_argument("--test-data", help="test rows (JSONL)")
+    parser.add_argument("--corpus", help="global pool passages, {id, text} JSONL")
+    parser.add_argument("--output-dir", required=True)
+
+
 def _add_encode_flags(parser: argparse.ArgumentParser) -> None:
     from components.embedding import EncodeConfig
 
@@ -192,18 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=_command_sample_data)
 
     prepare = commands.add_parser("prepare", help="validate, split 9:1, build the global pool")
-    prepare.add_argument("--train-data", required=True)
-    prepare.add_argument("--test-data")
-    prepare.add_argument("--corpus")
-    prepare.add_argument("--output-dir", required=True)
+    _add_split_files(prepare)
     add_config_flags(prepare, PrepareConfig)
     prepare.set_defaults(handler=_command_prepare)
 
     mine = commands.add_parser("mine", help="mine hard negatives")
-    mine.add_argument("--train-data", required=True)
-    mine.add_argument("--test-data")
-    mine.add_argument("--corpus")
-    mine.add_argument("--output-dir", required=True)
+    _add_split_files(mine)
     add_config_flags(mine, MineConfig)
     _add_encode_flags(mine)
     mine.set_defaults(handler=_command_mine)
