@@ -728,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "hard-negative mining: components.mine vs sentence_transformers.util.mine_hard_negatives",
         "machine": machine,
         "settings": {
-            "data_dir": str(args.data_dir.resolve()), "queries": subset["queries"],
+            "data_dir": os.path.relpath(args.data_dir.resolve(), REPO_ROOT), "queries": subset["queries"],
             "passages_cap": args.passages or None, "pool_passages": subset["pool_passages"],
             "positives": subset["positives"], "positives_added_beyond_cap": subset["positives_added_beyond_cap"],
             "model": args.model, "model_shape": shape, "max_len_query_and_passage": args.max_len,
