@@ -82,3 +82,21 @@ def tiny_dataset(tmp_path) -> dict[str, Path]:
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) + "\n"
                               for i, t in enumerate(TINY_DISTRACTORS)), encoding="utf-8")
     return {"rows": rows, "corpus": corpus}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the whole session, with a ``data`` bucket."""
+    from tests.s3_server import SeaweedServer
+
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_environment(s3_server, monkeypatch):
+    """Points boto3 (and searchtune) at the test server for one test."""
+    for key, value in s3_server.environment.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
