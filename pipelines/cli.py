@@ -106,6 +106,15 @@ def _command_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_pull_model(args: argparse.Namespace) -> int:
+    from components.serving_model import pull_model
+
+    pulled = pull_model(args.uri, args.output, serving_engine=args.serving_engine,
+                        allow_incompatible_profile=args.allow_incompatible_profile)
+    print(pulled.path)
+    return 0
+
+
 def _pipeline_parameters(args: argparse.Namespace):
     from pipelines.parameters import PRESETS
 
@@ -232,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(evaluate, EvaluateConfig)
     _add_encode_flags(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)
+
+    pull = commands.add_parser("pull-model", help="download a finished model folder from S3 for serving")
+    pull.add_argument("--uri", required=True, help="s3://bucket/prefix/model/ with searchtune's completion marker")
+    pull.add_argument("--output", required=True, type=Path, help="the local model folder to create")
+    pull.add_argument("--serving-engine", choices=["sglang"],
+                      help="refuse a model this engine would serve with other vectors than it was trained to give")
+    pull.add_argument("--allow-incompatible-profile", action="store_true",
+                      help="with --serving-engine: keep such a model, with a loud warning")
+    pull.set_defaults(handler=_command_pull_model)
     return parser
 
 
