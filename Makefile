@@ -13,9 +13,10 @@ SGLANG_STAMP := $(SGLANG_VENV)/.searchtune-installed
 # make images: where images go (the cluster profile's defaults name these).
 REGISTRY ?= ghcr.io/searchtune
 IMAGE_VERSION ?= 0.1.0
+# In build order: the training image builds on the steps image (searchtune).
 IMAGES := searchtune:searchtune searchtune-launcher:launcher searchtune-train:train searchtune-serving:serving
 
-.PHONY: setup demo test compile benchmarks clean images
+.PHONY: setup demo test compile benchmarks clean images image-requirements
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +36,15 @@ $(CHECKOV_STAMP): tests/requirements/checkov.txt
 # SGLang's own argument parser checks the chart's command line. SGLang needs a GPU to run
 # and pins transformers 5, so: the CPU torch it pins, then sglang and the few light packages
 # its server_args import needs, all without their dependencies.
-$(SGLANG_STAMP): tests/requirements/sglang-args.txt
+# Beside it, in a folder of its own, what the serving image adds to SGLang's Python for
+# `searchtune pull-model` (images/serving/Dockerfile does the same).
+$(SGLANG_STAMP): tests/requirements/sglang-args.txt images/requirements/serving.txt
 	rm -rf $(SGLANG_VENV)
 	$(PYTHON) -m venv $(SGLANG_VENV)
 	$(SGLANG_VENV)/bin/pip install --quiet torch==2.13.0
 	$(SGLANG_VENV)/bin/pip install --quiet --no-deps -r tests/requirements/sglang-args.txt
+	$(SGLANG_VENV)/bin/pip install --quiet --no-deps --target $(SGLANG_VENV)/searchtune-site \
+		-r images/requirements/serving.txt
 	touch $@
 
 setup: $(STAMP) $(CHECKOV_STAMP) $(SGLANG_STAMP)
@@ -59,12 +64,17 @@ benchmarks: setup
 	$(PY) benchmarks/training_throughput.py
 	$(PY) benchmarks/local_pipeline.py
 
+# Re-pins images/requirements/*.txt to what the test venv has (after a dependency change).
+image-requirements: setup
+	$(PY) images/requirements/pin.py
+
 # Builds and pushes every image in images/ (needs a Docker engine: this machine has none).
 images:
 	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine answers here (docker info failed)"; exit 2; }
 	@set -e; for pair in $(IMAGES); do \
 		name=$${pair%%:*}; folder=$${pair##*:}; \
-		docker build -f images/$$folder/Dockerfile -t $(REGISTRY)/$$name:$(IMAGE_VERSION) . ; \
+		docker build -f images/$$folder/Dockerfile --build-arg VERSION=$(IMAGE_VERSION) \
+			--build-arg STEPS_IMAGE=$(REGISTRY)/searchtune:$(IMAGE_VERSION) -t $(REGISTRY)/$$name:$(IMAGE_VERSION) . ; \
 		docker push $(REGISTRY)/$$name:$(IMAGE_VERSION) ; \
 	done
 
