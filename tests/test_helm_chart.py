@@ -316,6 +316,8 @@ def test_pull_model_runs_in_sglangs_python_with_what_the_image_adds(tmp_path, s3
     from components.object_store import upload_folder
     from tests.conftest import build_tiny_bert
 
+    if not (SGLANG_PYTHON.exists() and SERVING_SITE.is_dir()):
+        pytest.fail(f"{SGLANG_PYTHON} or {SERVING_SITE} is missing: `make setup` creates both")
     upload_folder(build_tiny_bert(tmp_path / "bge", ["夏天的裙子"]), "s3://data/serving-image/bge/model/")
     environment = {**os.environ, "PYTHONPATH": f"{SERVING_SITE}:{REPO_ROOT}"}
     result = subprocess.run([str(SGLANG_PYTHON), "-m", "pipelines.cli", "pull-model", "--uri",
