@@ -379,6 +379,20 @@ def upload_file(source: str | os.PathLike, uri: str, settings: StorageSettings =
     return uri
 
 
+def read_object(uri: str, settings: StorageSettings = DEFAULT_SETTINGS) -> bytes:
+    """The whole content of one small object (a JSON file, a marker)."""
+    bucket, key = split_s3_uri(uri)
+    client = s3_client(settings)
+    return _with_retries(lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(), uri, "reading",
+                         settings)
+
+
+def list_objects(uri: str, settings: StorageSettings = DEFAULT_SETTINGS) -> list[str]:
+    """The ``s3://`` URIs of every object under a prefix (a folder: give it with or without ``/``)."""
+    bucket, prefix = _folder_prefix(uri)
+    return [f"{S3_SCHEME}{bucket}/{key}" for key in _list_keys(s3_client(settings), bucket, prefix, uri, settings)]
+
+
 # --------------------------------------------------------------------------- folders
 
 
