@@ -30,6 +30,7 @@ benchmarks: setup
 	$(PY) benchmarks/mining.py --repeats 3
 	$(PY) benchmarks/training_throughput.py
 	$(PY) benchmarks/local_pipeline.py
+	$(PY) benchmarks/s3_io.py
 
 clean:
 	rm -rf runs local_outputs .pytest_cache
