@@ -2,8 +2,9 @@
 
 ``searchtune run --local`` runs the KFP pipeline on this machine with
 ``kfp.local.SubprocessRunner``; ``searchtune compile`` writes the pipeline YAML for a
-cluster; ``prepare``/``mine``/``score``/``train``/``evaluate``/``sample-data`` run one
-step on files.
+cluster profile, ``submit`` (or ``run`` without ``--local``) starts it on Kubeflow
+Pipelines, ``compare`` puts runs side by side; ``prepare``/``mine``/``score``/``train``/
+``evaluate``/``sample-data`` run one step on files.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def _pipeline_parameters(args: argparse.Namespace):
 
 
 def _command_submit(args: argparse.Namespace) -> int:
-    from pipelines.submit import kfp_client, submit_run, wait_for_run
+    from pipelines.submit import kfp_client, run_arguments, submit_run, wait_for_run
 
     profile, text = _load_profile(args)
     for name in ("train_data", "test_data", "corpus"):
@@ -150,8 +151,9 @@ def _command_submit(args: argparse.Namespace) -> int:
                              f"give an s3:// URI, not {value!r}")
     parameters = _pipeline_parameters(args)
     api = kfp_client(args.host, args.namespace or profile.namespace, args.token_file, args.kube_context)
-    run = submit_run(api, parameters.as_arguments(), profile, text, experiment=args.experiment,
-                     run_name=args.run_name, package=args.output)
+    explicit = {item.partition("=")[0].replace("-", "_") for item in args.set or []}
+    run = submit_run(api, run_arguments(parameters.as_arguments(), explicit), profile, text,
+                     experiment=args.experiment, run_name=args.run_name, package=args.output)
     print(f"run {run.run_id} submitted: {run.link}", flush=True)
     if not args.wait:
         return 0
@@ -211,20 +213,14 @@ def _add_submit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output", type=Path, help="also keep the compiled pipeline YAML here")
 
 
-def _command_compare(args: argparse.Namespace) -> int:
-    from pipelines.compare import compare_command
-
-    return compare_command(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.compare import add_compare_options
     from components.evaluate import EvaluateConfig
     from components.mine import MineConfig
     from components.prepare import PrepareConfig
     from components.sample_data import SampleDataConfig
     from components.score import ScoreConfig
     from components.train import TrainConfig
+    from pipelines.compare import add_compare_options, compare_command
     from pipelines.parameters import PRESETS
 
     parser = argparse.ArgumentParser(prog="searchtune", description=__doc__.splitlines()[0])
@@ -261,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="runs side by side: parameters that differ, every metric")
     add_compare_options(compare)
-    compare.set_defaults(handler=_command_compare)
+    compare.set_defaults(handler=compare_command)
 
     sample = commands.add_parser("sample-data", help="write the built-in e-commerce sample data")
     sample.add_argument("--output-dir", required=True)

@@ -171,6 +171,19 @@ def ui_link(host: str | None, run_id: str) -> str:
     return f"{base}/#/runs/details/{run_id}"
 
 
+def run_arguments(parameters: dict, explicit: set[str] | frozenset[str] = frozenset()) -> dict:
+    """The run's arguments: every parameter, except those the profile decides at compile time.
+
+    ``train_executor`` and ``cluster_profile`` default to the profile in the compiled
+    pipeline; passing the presets' values would override it, so they go only when set
+    explicitly (``--set``).
+    """
+    from pipelines.cluster_compile import PROFILE_PIPELINE_PARAMETERS
+
+    return {name: value for name, value in parameters.items()
+            if name not in PROFILE_PIPELINE_PARAMETERS or name in explicit}
+
+
 def _pipeline_version(api: KfpConnection, package: Path, pipeline_name: str) -> tuple[str, str]:
     """``(pipeline_id, version_id)`` of this exact YAML, uploading it only when new."""
     client, host = api.client, api.host

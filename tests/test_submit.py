@@ -185,6 +185,14 @@ def test_bad_submissions_stop_with_one_line_and_exit_2(arguments, message, capsy
     assert message in error and error.count("\n") == 1
 
 
+def test_profile_decided_parameters_keep_their_compiled_defaults():
+    from pipelines.submit import run_arguments
+
+    preset = {"learning_rate": 1e-5, "train_executor": "local", "cluster_profile": ""}
+    assert run_arguments(preset) == {"learning_rate": 1e-5}
+    assert run_arguments(preset, {"train_executor"}) == {"learning_rate": 1e-5, "train_executor": "local"}
+
+
 def test_an_unreachable_api_fails_in_one_line(capsys):
     assert main(["submit", "--host", "http://127.0.0.1:9"]) == 1
     error = capsys.readouterr().err
