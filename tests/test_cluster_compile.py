@@ -177,3 +177,14 @@ def test_a_bad_profile_stops_compile_with_file_line_and_field(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"{profile}:3: steps.mine.accelerator_count: expected an integer, got 'two'" in error
     assert "Traceback" not in error and not (tmp_path / "p.yaml").exists()
+
+
+def test_the_readme_profile_example_is_a_valid_profile():
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```yaml\n# cluster.yaml\n(.*?)```", readme, re.S).group(1)
+    profile = parse_cluster_profile(example, "README.md")
+    assert profile.steps.mine.node_selector == {"gpu-type": "l40s"} and profile.steps.mine.accelerator_count == 1
