@@ -63,6 +63,7 @@ benchmarks: setup
 	$(PY) benchmarks/mining.py --repeats 3
 	$(PY) benchmarks/training_throughput.py
 	$(PY) benchmarks/local_pipeline.py
+	$(PY) benchmarks/s3_io.py
 
 # Re-pins images/requirements/*.txt to what the test venv has (after a dependency change).
 image-requirements: setup

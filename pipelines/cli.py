@@ -2,8 +2,9 @@
 
 ``searchtune run --local`` runs the KFP pipeline on this machine with
 ``kfp.local.SubprocessRunner``; ``searchtune compile`` writes the pipeline YAML for a
-cluster; ``prepare``/``mine``/``score``/``train``/``evaluate``/``sample-data`` run one
-step on files.
+cluster profile, ``submit`` (or ``run`` without ``--local``) starts it on Kubeflow
+Pipelines, ``compare`` puts runs side by side; ``prepare``/``mine``/``score``/``train``/
+``evaluate``/``sample-data`` run one step on files.
 """
 
 from __future__ import annotations
@@ -96,13 +97,20 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_profile(args: argparse.Namespace):
+    """The cluster profile named by ``--profile`` (the defaults without one) and its text."""
+    from pipelines.cluster_profile import ClusterProfile, load_cluster_profile
+
+    if not args.profile:
+        return ClusterProfile(), ""
+    return load_cluster_profile(args.profile), Path(args.profile).read_text(encoding="utf-8")
+
+
 def _command_compile(args: argparse.Namespace) -> int:
-    from kfp import compiler
+    from pipelines.cluster_compile import compile_for_profile
 
-    from pipelines.pipeline import searchtune_pipeline
-
-    compiler.Compiler().compile(searchtune_pipeline, str(args.output))
-    print(args.output)
+    profile, text = _load_profile(args)
+    print(compile_for_profile(args.output, profile, text))
     return 0
 
 
@@ -128,7 +136,7 @@ def _pipeline_parameters(args: argparse.Namespace):
         if not _:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.replace("-", "_")] = raw
-    preset = PRESETS[args.preset]
+    preset = PRESETS[args.preset or ("local" if getattr(args, "local", False) else "recipe")]
     typed = {}
     for key, raw in overrides.items():
         current = getattr(preset, key, None)
@@ -141,11 +149,35 @@ def _pipeline_parameters(args: argparse.Namespace):
     return preset.with_overrides(**typed)
 
 
+def _command_submit(args: argparse.Namespace) -> int:
+    from pipelines.submit import kfp_client, run_arguments, submit_run, wait_for_run
+
+    profile, text = _load_profile(args)
+    for name in ("train_data", "test_data", "corpus"):
+        value = getattr(args, name, None)
+        if value and not value.startswith("s3://"):
+            raise ValueError(f"--{name.replace('_', '-')}: a cluster run reads its data from S3; "
+                             f"give an s3:// URI, not {value!r}")
+    parameters = _pipeline_parameters(args)
+    api = kfp_client(args.host, args.namespace or profile.namespace, args.token_file, args.kube_context)
+    explicit = {item.partition("=")[0].replace("-", "_") for item in args.set or []}
+    run = submit_run(api, run_arguments(parameters.as_arguments(), explicit), profile, text,
+                     experiment=args.experiment, run_name=args.run_name, package=args.output)
+    print(f"run {run.run_id} submitted: {run.link}", flush=True)
+    if not args.wait:
+        return 0
+    finished = wait_for_run(api, run.run_id, timeout_s=args.timeout, poll_s=args.poll_seconds)
+    if finished.state == "SUCCEEDED":
+        print(f"run {run.run_id} succeeded: {run.link}")
+        return 0
+    print(f"searchtune: error: run {run.run_id} {finished.state.lower()}"
+          + (f": {finished.message}" if finished.message else "") + f" ({run.link})", file=sys.stderr)
+    return 1
+
+
 def _command_run(args: argparse.Namespace) -> int:
     if not args.local:
-        print("only --local runs are implemented; compile the pipeline and submit it with the KFP UI or client",
-              file=sys.stderr)
-        return 2
+        return _command_submit(args)
     from kfp import local
 
     from pipelines.pipeline import searchtune_pipeline
@@ -173,6 +205,23 @@ def _command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_submit_options(parser: argparse.ArgumentParser) -> None:
+    from pipelines.submit import DEFAULT_EXPERIMENT, TOKEN_FILE_ENV
+
+    group = parser.add_argument_group("cluster (KFP)")
+    group.add_argument("--host", help="KFP API endpoint (default: $KF_PIPELINES_ENDPOINT, else the kubeconfig)")
+    group.add_argument("--namespace", help="KFP profile namespace (default: the cluster profile's)")
+    group.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment the run goes into")
+    group.add_argument("--run-name", help="the run's name (default: searchtune <time>)")
+    group.add_argument("--profile", help="cluster profile YAML (default: the built-in defaults)")
+    group.add_argument("--token-file", help=f"file holding a bearer token for the KFP API (or ${TOKEN_FILE_ENV})")
+    group.add_argument("--kube-context", help="kubeconfig context when no --host is given")
+    group.add_argument("--wait", action="store_true", help="follow the run to its end; non-zero exit on failure")
+    group.add_argument("--timeout", type=float, default=3 * 24 * 3600, help="seconds --wait follows the run")
+    group.add_argument("--poll-seconds", type=float, default=10.0, help="seconds between state checks")
+    group.add_argument("--output", type=Path, help="also keep the compiled pipeline YAML here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from components.evaluate import EvaluateConfig
     from components.mine import MineConfig
@@ -180,15 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     from components.sample_data import SampleDataConfig
     from components.score import ScoreConfig
     from components.train import TrainConfig
+    from pipelines.compare import add_compare_options, compare_command
     from pipelines.parameters import PRESETS
 
     parser = argparse.ArgumentParser(prog="searchtune", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the whole pipeline")
+    run = commands.add_parser("run", help="run the whole pipeline (on this machine with --local, else on KFP)")
     run.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
-    run.add_argument("--preset", default="local", choices=sorted(PRESETS), help="parameter preset")
+    run.add_argument("--preset", choices=sorted(PRESETS),
+                     help="parameter preset (default: local with --local, recipe on a cluster)")
     run.add_argument("--train-data", help="training rows (JSONL path or s3:// URI); default: built-in sample")
     run.add_argument("--test-data", help="test rows; default: a 9:1 split of the training rows")
     run.add_argument("--corpus", help="extra {id,text} passages for the global pool")
@@ -196,11 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help="run folder (default: runs/<timestamp>)")
     run.add_argument("--cache-dir", help="KFP step cache (default: inside the run folder)")
     run.add_argument("--no-cache", action="store_true", help="run every step even if cached")
+    _add_submit_options(run)
     run.set_defaults(handler=_command_run)
+
+    submit = commands.add_parser("submit", help="compile with the cluster profile and start a run on KFP")
+    submit.add_argument("--preset", choices=sorted(PRESETS), help="parameter preset (default: recipe)")
+    submit.add_argument("--train-data", help="training rows (s3:// URI); default: built-in sample")
+    submit.add_argument("--test-data", help="test rows (s3:// URI)")
+    submit.add_argument("--corpus", help="extra {id,text} passages (s3:// URI)")
+    submit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a pipeline parameter")
+    _add_submit_options(submit)
+    submit.set_defaults(handler=_command_submit)
 
     compile_ = commands.add_parser("compile", help="write the pipeline YAML for a cluster")
     compile_.add_argument("--output", type=Path, default=Path("searchtune_pipeline.yaml"))
+    compile_.add_argument("--profile", help="cluster profile YAML (default: the built-in defaults)")
     compile_.set_defaults(handler=_command_compile)
+
+    compare = commands.add_parser("compare", help="runs side by side: parameters that differ, every metric")
+    add_compare_options(compare)
+    compare.set_defaults(handler=compare_command)
 
     sample = commands.add_parser("sample-data", help="write the built-in e-commerce sample data")
     sample.add_argument("--output-dir", required=True)
@@ -265,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"searchtune: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A store or API that cannot be reached; the message names it.
+        print(f"searchtune: error: {error}", file=sys.stderr)
+        return 1
     except RuntimeError as error:
         # A failed pipeline step or training run: its own log, above, says why.
         print(f"searchtune: error: {error}", file=sys.stderr)

@@ -80,6 +80,7 @@ def mine_negatives(
 
     from components.embedding import EncodeConfig
     from components.mine import MineConfig, mine_hard_negatives, parse_range
+    from components.object_store import seal_folder
 
     config = MineConfig(model=model, range_for_sampling=parse_range(negative_range),
                         negative_number=negative_number,
@@ -91,6 +92,8 @@ def mine_negatives(
     shutil.move(str(mined.train), mined_train.path)
     shutil.move(str(mined.test), mined_test.path)
     shutil.move(str(mined.base_embeddings), base_embeddings.path)
+    # The marker goes last: evaluate refuses a cache the artifact store did not hand over whole.
+    seal_folder(base_embeddings.path)
     mined_train.metadata.update(mined.stats["train"])
 
 
@@ -139,6 +142,7 @@ def fine_tune_embedder(
     training_metrics: Output[Metrics],
 ):
     """FlagEmbedding fine-tuning under torchrun (one node; PyTorchJob on the cluster)."""
+    from components.object_store import seal_folder
     from components.train import TrainConfig, fine_tune
 
     config = TrainConfig(model=model, train_group_size=train_group_size, query_max_len=query_max_len,
@@ -150,6 +154,7 @@ def fine_tune_embedder(
                          freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node,
                          seed=seed)
     result = fine_tune(scored_train.path, finetuned_model.path, config)
+    seal_folder(finetuned_model.path)
     finetuned_model.metadata.update({"base_model": model, "framework": "FlagEmbedding",
                                      "knowledge_distillation": result.summary["knowledge_distillation"]})
     if result.summary["final_loss"] is not None:
@@ -174,8 +179,15 @@ def evaluate_models(
     results: Output[Artifact],
 ):
     """Base vs fine-tuned: recall/MRR@1/5/10 in the test and global pools, separation."""
+    import json
     import shutil
     import tempfile
+
+    from components.object_store import require_complete_folder
+
+    # Before any model loads: a half-uploaded cache or model fails the step in one line.
+    require_complete_folder(base_embeddings.path)
+    require_complete_folder(finetuned_model.path)
 
     from components.embedding import EncodeConfig
     from components.evaluate import EvaluateConfig, evaluate_retrieval
@@ -189,6 +201,10 @@ def evaluate_models(
         # KFP metrics must be numbers; separation is NaN when no test row has negatives.
         if value == value:
             metrics.log_metric(name, float(value))
+    # The same flat metrics as a file, so the artifact store holds them too (searchtune compare
+    # reads them from a run's pipeline root; the KFP UI reads the metadata).
+    with open(metrics.path, "w", encoding="utf-8") as handle:
+        json.dump(metrics.metadata, handle, indent=2)
     shutil.move(str(result.report_md_path), report.path)
     shutil.move(str(result.report_html_path), report_html.path)
     shutil.move(str(result.metrics_path), results.path)

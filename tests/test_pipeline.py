@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 def test_compiled_pipeline_has_five_cached_steps_and_the_recipe_defaults(tmp_path):
     output = tmp_path / "pipeline.yaml"
     assert main(["compile", "--output", str(output)]) == 0
-    spec = yaml.safe_load(output.read_text(encoding="utf-8"))
+    # The pipeline spec, then the Kubernetes platform spec the cluster profile adds.
+    spec, _ = yaml.safe_load_all(output.read_text(encoding="utf-8"))
     tasks = spec["root"]["dag"]["tasks"]
     assert sorted(tasks) == ["evaluate-models", "fine-tune-embedder", "mine-negatives", "prepare-data",
                              "score-pairs"]
