@@ -96,6 +96,13 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_serve(args: argparse.Namespace) -> int:
+    from components.serving import ServeConfig, serve
+
+    serve(config_from_flags(ServeConfig, args))
+    return 0
+
+
 def _command_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
@@ -232,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(evaluate, EvaluateConfig)
     _add_encode_flags(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)
+
+    from components.serving import ServeConfig
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible embeddings API (and --ui: the search page)")
+    add_config_flags(serve, ServeConfig, skip=("ui", "access_log"))
+    serve.add_argument("--ui", action="store_true", help="also serve the base vs fine-tuned search page at /")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=_command_serve)
     return parser
 
 
