@@ -96,6 +96,26 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_flat_metrics(path: Path) -> dict[str, float]:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON: {error}") from None
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+        raise ValueError(f"{path}: expected flat metrics {{name: number}} as a run folder's metrics.json holds "
+                         "(global_recall_at_1_delta, global_recall_at_1_p_value, ...)")
+    return metrics
+
+
+def _command_gate(args: argparse.Namespace) -> int:
+    from components.gate import GateConfig, decide_promotion
+
+    decision = decide_promotion(_read_flat_metrics(args.metrics), args.output_dir,
+                                config_from_flags(GateConfig, args))
+    print(decision.report_path.read_text(encoding="utf-8"))
+    return 0 if decision.promote else 1
+
+
 def _command_serve(args: argparse.Namespace) -> int:
     from components.serving import ServeConfig, serve
 
@@ -239,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(evaluate, EvaluateConfig)
     _add_encode_flags(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)
+
+    from components.gate import GateConfig
+
+    gate = commands.add_parser("gate", help="promote or not, from a run's metrics (exit 0: promote, 1: not)")
+    gate.add_argument("--metrics", type=Path, required=True, help="flat metrics JSON (a run folder's metrics.json)")
+    gate.add_argument("--output-dir", required=True)
+    add_config_flags(gate, GateConfig)
+    gate.set_defaults(handler=_command_gate)
 
     from components.serving import ServeConfig
 
