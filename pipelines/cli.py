@@ -116,6 +116,25 @@ def _command_gate(args: argparse.Namespace) -> int:
     return 0 if decision.promote else 1
 
 
+def _command_parity(args: argparse.Namespace) -> int:
+    from components.parity import ParityConfig, check_serving_parity
+
+    result = check_serving_parity(args.model, args.endpoint, args.output_dir, config_from_flags(ParityConfig, args))
+    print(result.report_path.read_text(encoding="utf-8"))
+    return 0
+
+
+def _command_promote(args: argparse.Namespace) -> int:
+    from components.promote import PromoteConfig, promote_model
+
+    result = promote_model(args.model, config_from_flags(PromoteConfig, args))
+    print(f"model:  {result.model_uri}" + ("" if result.copied else " (already there)"))
+    if result.helm_manifest:
+        print(result.helm_manifest if args.helm_dry_run else f"helm release revision {result.helm_revision}")
+    print(f"serve:  {result.serve_command}")
+    return 0
+
+
 def _command_serve(args: argparse.Namespace) -> int:
     from components.serving import ServeConfig, serve
 
@@ -267,6 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--output-dir", required=True)
     add_config_flags(gate, GateConfig)
     gate.set_defaults(handler=_command_gate)
+
+    from components.promote import PromoteConfig
+
+    promote = commands.add_parser("promote", help="copy a model to the serving location; upgrade the Helm release")
+    promote.add_argument("--model", required=True, help="the fine-tuned model folder")
+    add_config_flags(promote, PromoteConfig)
+    promote.set_defaults(handler=_command_promote)
+
+    from components.parity import ParityConfig
+
+    parity = commands.add_parser("parity", help="served vectors vs the trained model's on a fixed probe set")
+    parity.add_argument("--model", required=True, help="the trained model (folder with its profile)")
+    parity.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    parity.add_argument("--output-dir", required=True)
+    add_config_flags(parity, ParityConfig)
+    parity.set_defaults(handler=_command_parity)
 
     from components.serving import ServeConfig
 
