@@ -104,12 +104,14 @@ def _upgrade_release(model_uri: str, config: PromoteConfig) -> tuple[str, int]:
                                     namespace=config.helm_namespace, is_upgrade=True)
             return "".join(f"---\n# Source: {path}\n{text}" for path, text in sorted(rendered.items())
                            if text.strip()), 0
-        with helm.Config(namespace=config.helm_namespace) as cluster:
+        # helm-python-sdk reads ~/.kube/config or the in-cluster account, not $KUBECONFIG: pass it on.
+        kubeconfig = os.environ.get("KUBECONFIG") or None
+        with helm.Config(namespace=config.helm_namespace, kubeconfig_path=kubeconfig) as cluster:
             release = cluster.upgrade(config.helm_chart, config.helm_release, values,
                                       namespace=config.helm_namespace, reuse_values=True, wait="watcher",
                                       timeout=config.helm_timeout_s, rollback_on_failure=True,
                                       description=f"searchtune: serve {model_uri}")
-        return str(release.get("manifest", "")), int(release.get("version", 0) or 0)
+        return str(release.get("manifest", "")), int(release.get("revision", 0) or 0)
     except helm.HelmError as error:
         raise RuntimeError(f"helm upgrade of {where} to model.uri={values['model']['uri']} failed: "
                            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None

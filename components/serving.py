@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import hashlib
 import json
 import logging
 import os
@@ -469,13 +470,32 @@ def _error_response(error: APIError):
     return _json_response(error.body(), error.status)
 
 
+def _local_model(name: str) -> str:
+    """A local path for ``name``; an ``s3://`` model folder is downloaded (sealed) and cached.
+
+    Promoted models live under content-versioned prefixes, so a complete cached copy of a
+    URI is that model.
+    """
+    from components.object_store import download_folder, is_complete_folder, is_s3_uri
+
+    if not is_s3_uri(name):
+        return name
+    cache_root = Path(os.environ.get("SEARCHTUNE_CACHE", "~/.cache/searchtune")).expanduser()
+    cached = cache_root / "served" / hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+    if not is_complete_folder(cached):
+        logger.info("downloading %s to %s", name, cached)
+        download_folder(name, cached)
+    return str(cached)
+
+
 def create_app(config: ServeConfig):
     """The FastAPI app: loads the model (and the search page's models) before returning."""
     from fastapi.exceptions import RequestValidationError
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    model = resolve_model(config.model)
+    model = resolve_model(_local_model(config.model))
+    model = replace(model, name=config.model)
     model = replace(model, profile=served_profile(model, config))
     try:
         encoder = TextEncoder(model, EncodeConfig(batch_size=config.max_batch_texts,
