@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.searchtune-installed
 
-.PHONY: setup demo test compile benchmarks clean
+.PHONY: setup browser demo test compile benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(STAMP)
+# The search page's browser test drives Debian's Chromium; CJK fonts make its screenshot readable.
+BROWSER_PACKAGES := chromium chromium-driver fonts-wqy-microhei
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && fc-list | grep -qi wqy || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		$(BROWSER_PACKAGES) >/dev/null; }
+
+setup: $(STAMP) browser
 
 demo: setup
 	$(VENV)/bin/searchtune run --local
