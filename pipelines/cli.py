@@ -202,10 +202,17 @@ def _command_run(args: argparse.Namespace) -> int:
     started = time.time()
     outputs = searchtune_pipeline(**parameters.as_arguments())
     report = Path(outputs.outputs["report"].path)
-    metrics = outputs.outputs["metrics"].metadata
+    metrics = {**outputs.outputs["metrics"].metadata, **outputs.outputs["gate_metrics"].metadata}
     (run_dir / "report.md").write_text(report.read_text(encoding="utf-8"), encoding="utf-8")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(report.read_text(encoding="utf-8"))
+    gate_report = Path(outputs.outputs["gate_report"].path).read_text(encoding="utf-8")
+    (run_dir / "gate.md").write_text(gate_report, encoding="utf-8")
+    print(gate_report)
+    # Promotion runs under the gate's condition, so it is not a pipeline output: find its report.
+    promotions = sorted(run_dir.glob("artifacts/**/promote-model/promotion"), key=lambda p: p.stat().st_mtime)
+    if metrics.get("gate_promote") == 1.0 and promotions:
+        print(promotions[-1].read_text(encoding="utf-8"))
     print(f"run folder: {run_dir} ({time.time() - started:.0f} s)")
     return 0
 
