@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -52,7 +53,8 @@ def sample_texts(count: int) -> list[str]:
     return texts[:count]
 
 
-def in_process(model: str, texts: list[str], precision: str, repeats: int) -> tuple[dict, np.ndarray]:
+def in_process(model: str, texts: list[str], precision: str, repeats: int) -> tuple[dict, np.ndarray, list[str]]:
+    """The peer: the same encoder over all texts at once; also the texts as a client sends them."""
     encoder = TextEncoder(resolve_model(model), EncodeConfig(precision=precision, show_progress=False))
     encoder.encode_passages(texts[:64])  # warm-up
     times = []
@@ -61,13 +63,18 @@ def in_process(model: str, texts: list[str], precision: str, repeats: int) -> tu
         vectors = encoder.encode_passages(texts)
         times.append(time.perf_counter() - started)
     best = min(times)
+    sent = [encoder.profile.format_passage(text) for text in texts]
     return {"seconds": round(best, 3), "texts_per_s": round(len(texts) / best, 1), "dtype": str(encoder.dtype),
-            "repeats": repeats}, vectors
+            "repeats": repeats}, vectors, sent
 
 
 def drive(base_url: str, name: str, texts: list[str], expected: np.ndarray, clients: int, per_request: int,
           requests_per_client: int) -> dict:
-    """``clients`` threads, each sending ``requests_per_client`` requests of ``per_request`` texts."""
+    """``clients`` threads, each sending ``requests_per_client`` requests of ``per_request`` texts.
+
+    ``texts`` already carry the passage instruction (the client adds it, as for SGLang), so
+    any OpenAI-compatible engine is driven the same way.
+    """
     import openai
 
     latencies: list[float] = []
@@ -84,8 +91,7 @@ def drive(base_url: str, name: str, texts: list[str], expected: np.ndarray, clie
             chosen = [(start + i) % len(texts) for i in range(per_request)]
             sent = time.perf_counter()
             try:
-                response = client.embeddings.create(model=name, input=[texts[i] for i in chosen],
-                                                    extra_body={"input_type": "passage"})
+                response = client.embeddings.create(model=name, input=[texts[i] for i in chosen])
             except Exception as error:  # counted, reported
                 with lock:
                     errors.append(f"{type(error).__name__}: {error}")
@@ -124,11 +130,11 @@ def render(report: dict) -> None:
     peer = report["in_process"]["texts_per_s"]
     table = Table(title=f"searchtune serve vs in-process ({report['model']}, {report['in_process']['dtype']}, "
                         f"in-process {peer:.0f} texts/s)")
-    for column in ("texts/request", "clients", "texts/s", "% of in-process", "p50 ms", "p99 ms", "errors",
+    for column in ("engine", "texts/request", "clients", "texts/s", "% of in-process", "p50 ms", "p99 ms", "errors",
                    "min cosine"):
         table.add_column(column, justify="right")
     for run in report["runs"]:
-        table.add_row(str(run["texts_per_request"]), str(run["clients"]), f"{run['texts_per_s']:.0f}",
+        table.add_row(run["engine"], str(run["texts_per_request"]), str(run["clients"]), f"{run['texts_per_s']:.0f}",
                       f"{100 * run['fraction_of_in_process']:.0f}%", str(run["p50_ms"]), str(run["p99_ms"]),
                       str(run["errors"]), f"{run['min_cosine_vs_in_process']:.6f}")
     Console().print(table)
@@ -145,30 +151,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3, help="in-process timing: best of")
     parser.add_argument("--output", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--external-endpoint", help="also drive another OpenAI-compatible server already running "
+                                                    "on the same model (e.g. vLLM), the same way")
+    parser.add_argument("--external-model", default="", help="its served model name")
+    parser.add_argument("--external-name", default="external", help="its label in the results")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_before = os.getloadavg()
     texts = sample_texts(args.texts)
-    peer, expected = in_process(args.model, texts, args.precision, args.repeats)
+    peer, expected, sent = in_process(args.model, texts, args.precision, args.repeats)
     logger.info("in-process: %s", peer)
+
+    def measure(engine: str, base_url: str, name: str) -> list[dict]:
+        results = []
+        for per_request in args.texts_per_request:
+            drive(base_url, name, sent, expected, 1, per_request, 2)  # warm-up at this request size
+            for clients in args.clients:
+                run = drive(base_url, name, sent, expected, clients, per_request,
+                            max(1, args.texts_per_client // per_request))
+                run["engine"] = engine
+                run["fraction_of_in_process"] = round(run["texts_per_s"] / peer["texts_per_s"], 3)
+                logger.info("%s", run)
+                results.append(run)
+        return results
+
     runs = []
     with tempfile.TemporaryDirectory() as work:
         config = ServeConfig(model=args.model, served_model_name="bench", port=0, precision=args.precision)
         with ServerProcess(config, log_path=Path(work) / "server.log") as server:
-            for per_request in args.texts_per_request:
-                # Warm the server's allocator and caches at this request size.
-                drive(server.base_url, "bench", texts, expected, 1, per_request, 2)
-                for clients in args.clients:
-                    run = drive(server.base_url, "bench", texts, expected, clients, per_request,
-                                max(1, args.texts_per_client // per_request))
-                    run["fraction_of_in_process"] = round(run["texts_per_s"] / peer["texts_per_s"], 3)
-                    logger.info("%s", run)
-                    runs.append(run)
-    at_16 = [run for run in runs if run["clients"] == 16]
+            runs += measure("searchtune serve", server.base_url, "bench")
+    if args.external_endpoint:
+        runs += measure(args.external_name, args.external_endpoint.rstrip("/").removesuffix("/v1"),
+                        args.external_model)
+    at_16 = [run for run in runs if run["clients"] == 16 and run["engine"] == "searchtune serve"]
+    # The machine is shared: the load around the run says how far the figures can be trusted.
     report = {"benchmark": "serving", "model": args.model, "machine": machine(), "texts": len(texts),
+              "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
               "precision": args.precision, "in_process": peer, "runs": runs,
               "target": {"fraction_of_in_process_at_16_clients": TARGET_RATIO,
                          "met": {str(run["texts_per_request"]): run["fraction_of_in_process"] >= TARGET_RATIO
