@@ -611,6 +611,15 @@ def serve(config: ServeConfig) -> None:
 # --------------------------------------------------------------------------- a server process
 
 
+def _stop_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed test or pipeline step
+    leaves no server behind (Linux; elsewhere the parent's stop() is the only way)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -648,7 +657,7 @@ class ServerProcess:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "components.serving", json.dumps(asdict(self.config))],
-                stdout=output, stderr=subprocess.STDOUT,
+                stdout=output, stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent,
                 env={**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"})
         finally:
             if self.log_path:
