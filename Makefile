@@ -39,6 +39,7 @@ benchmarks: setup
 	$(PY) benchmarks/mining.py --repeats 3
 	$(PY) benchmarks/training_throughput.py
 	$(PY) benchmarks/local_pipeline.py
+	$(PY) benchmarks/serving.py
 
 clean:
 	rm -rf runs local_outputs .pytest_cache
