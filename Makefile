@@ -16,7 +16,7 @@ IMAGE_VERSION ?= 0.1.0
 # In build order: the training image builds on the steps image (searchtune).
 IMAGES := searchtune:searchtune searchtune-launcher:launcher searchtune-train:train searchtune-serving:serving
 
-.PHONY: setup demo test compile benchmarks clean images image-requirements
+.PHONY: setup browser demo test compile benchmarks clean images image-requirements
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,16 @@ $(SGLANG_STAMP): tests/requirements/sglang-args.txt images/requirements/serving.
 		-r images/requirements/serving.txt
 	touch $@
 
-setup: $(STAMP) $(CHECKOV_STAMP) $(SGLANG_STAMP)
+# The search page's browser test drives Debian's Chromium; CJK fonts make its screenshot readable.
+BROWSER_PACKAGES := chromium chromium-driver fonts-wqy-microhei
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && fc-list | grep -qi wqy || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		$(BROWSER_PACKAGES) >/dev/null; }
+
+setup: $(STAMP) $(CHECKOV_STAMP) $(SGLANG_STAMP) browser
 
 demo: setup
 	$(VENV)/bin/searchtune run --local
@@ -64,6 +73,7 @@ benchmarks: setup
 	$(PY) benchmarks/training_throughput.py
 	$(PY) benchmarks/local_pipeline.py
 	$(PY) benchmarks/s3_io.py
+	$(PY) benchmarks/serving.py
 
 # Re-pins images/requirements/*.txt to what the test venv has (after a dependency change).
 image-requirements: setup

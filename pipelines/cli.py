@@ -104,6 +104,50 @@ def _load_profile(args: argparse.Namespace):
     if not args.profile:
         return ClusterProfile(), ""
     return load_cluster_profile(args.profile), Path(args.profile).read_text(encoding="utf-8")
+def _read_flat_metrics(path: Path) -> dict[str, float]:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON: {error}") from None
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+        raise ValueError(f"{path}: expected flat metrics {{name: number}} as a run folder's metrics.json holds "
+                         "(global_recall_at_1_delta, global_recall_at_1_p_value, ...)")
+    return metrics
+
+
+def _command_gate(args: argparse.Namespace) -> int:
+    from components.gate import GateConfig, decide_promotion
+
+    decision = decide_promotion(_read_flat_metrics(args.metrics), args.output_dir,
+                                config_from_flags(GateConfig, args))
+    print(decision.report_path.read_text(encoding="utf-8"))
+    return 0 if decision.promote else 1
+
+
+def _command_parity(args: argparse.Namespace) -> int:
+    from components.parity import ParityConfig, check_serving_parity
+
+    result = check_serving_parity(args.model, args.endpoint, args.output_dir, config_from_flags(ParityConfig, args))
+    print(result.report_path.read_text(encoding="utf-8"))
+    return 0
+
+
+def _command_promote(args: argparse.Namespace) -> int:
+    from components.promote import PromoteConfig, promote_model
+
+    result = promote_model(args.model, config_from_flags(PromoteConfig, args))
+    print(f"model:  {result.model_uri}" + ("" if result.copied else " (already there)"))
+    if result.helm_manifest:
+        print(result.helm_manifest if args.helm_dry_run else f"helm release revision {result.helm_revision}")
+    print(f"serve:  {result.serve_command}")
+    return 0
+
+
+def _command_serve(args: argparse.Namespace) -> int:
+    from components.serving import ServeConfig, serve
+
+    serve(config_from_flags(ServeConfig, args))
+    return 0
 
 
 def _command_compile(args: argparse.Namespace) -> int:
@@ -197,10 +241,17 @@ def _command_run(args: argparse.Namespace) -> int:
     started = time.time()
     outputs = searchtune_pipeline(**parameters.as_arguments())
     report = Path(outputs.outputs["report"].path)
-    metrics = outputs.outputs["metrics"].metadata
+    metrics = {**outputs.outputs["metrics"].metadata, **outputs.outputs["gate_metrics"].metadata}
     (run_dir / "report.md").write_text(report.read_text(encoding="utf-8"), encoding="utf-8")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(report.read_text(encoding="utf-8"))
+    gate_report = Path(outputs.outputs["gate_report"].path).read_text(encoding="utf-8")
+    (run_dir / "gate.md").write_text(gate_report, encoding="utf-8")
+    print(gate_report)
+    # Promotion runs under the gate's condition, so it is not a pipeline output: find its report.
+    promotions = sorted(run_dir.glob("artifacts/**/promote-model/promotion"), key=lambda p: p.stat().st_mtime)
+    if metrics.get("gate_promote") == 1.0 and promotions:
+        print(promotions[-1].read_text(encoding="utf-8"))
     print(f"run folder: {run_dir} ({time.time() - started:.0f} s)")
     return 0
 
@@ -316,6 +367,37 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--allow-incompatible-profile", action="store_true",
                       help="with --serving-engine: keep such a model, with a loud warning")
     pull.set_defaults(handler=_command_pull_model)
+    from components.gate import GateConfig
+
+    gate = commands.add_parser("gate", help="promote or not, from a run's metrics (exit 0: promote, 1: not)")
+    gate.add_argument("--metrics", type=Path, required=True, help="flat metrics JSON (a run folder's metrics.json)")
+    gate.add_argument("--output-dir", required=True)
+    add_config_flags(gate, GateConfig)
+    gate.set_defaults(handler=_command_gate)
+
+    from components.promote import PromoteConfig
+
+    promote = commands.add_parser("promote", help="copy a model to the serving location; upgrade the Helm release")
+    promote.add_argument("--model", required=True, help="the fine-tuned model folder")
+    add_config_flags(promote, PromoteConfig)
+    promote.set_defaults(handler=_command_promote)
+
+    from components.parity import ParityConfig
+
+    parity = commands.add_parser("parity", help="served vectors vs the trained model's on a fixed probe set")
+    parity.add_argument("--model", required=True, help="the trained model (folder with its profile)")
+    parity.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    parity.add_argument("--output-dir", required=True)
+    add_config_flags(parity, ParityConfig)
+    parity.set_defaults(handler=_command_parity)
+
+    from components.serving import ServeConfig
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible embeddings API (and --ui: the search page)")
+    add_config_flags(serve, ServeConfig, skip=("ui", "access_log"))
+    serve.add_argument("--ui", action="store_true", help="also serve the base vs fine-tuned search page at /")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=_command_serve)
     return parser
 
 

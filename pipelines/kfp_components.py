@@ -208,3 +208,101 @@ def evaluate_models(
     shutil.move(str(result.report_md_path), report.path)
     shutil.move(str(result.report_html_path), report_html.path)
     shutil.move(str(result.metrics_path), results.path)
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def quality_gate(
+    evaluation_metrics: Input[Metrics],
+    min_recall_at_1_gain: float,
+    significance_level: float,
+    max_metric_drop: float,
+    gate_metrics: Output[Metrics],
+    gate_report: Output[Markdown],
+) -> bool:
+    """Promote only on a significant recall@1 gain in both pools with no headline metric falling.
+
+    Returns the decision as the single ``Output`` parameter (what kfp.local resolves in a
+    condition; a named output is not).
+    """
+    import shutil
+    import tempfile
+
+    from components.gate import GateConfig, decide_promotion
+
+    decision = decide_promotion(dict(evaluation_metrics.metadata), tempfile.mkdtemp(prefix="gate-"),
+                                GateConfig(min_recall_at_1_gain=min_recall_at_1_gain,
+                                           significance_level=significance_level, max_metric_drop=max_metric_drop))
+    for name, value in decision.run_metrics.items():
+        gate_metrics.log_metric(name, value)
+    shutil.move(str(decision.report_path), gate_report.path)
+    return decision.promote
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def promote_model(
+    finetuned_model: Input[Model],
+    global_pool: Input[Dataset],
+    mined_test: Input[Dataset],
+    base_model: str,
+    serving_uri: str,
+    served_model_name: str,
+    helm_release: str,
+    helm_namespace: str,
+    helm_chart: str,
+    promoted_model: Output[Model],
+    promotion: Output[Markdown],
+):
+    """Copy the model to the serving location (default: this artifact); upgrade the Helm release."""
+    import os
+    import shlex
+
+    from components.promote import PromoteConfig, promote_model as promote
+
+    # Without a serving location the promoted copy lives in this step's own artifact.
+    os.makedirs(promoted_model.path, exist_ok=True)
+    result = promote(finetuned_model.path, PromoteConfig(
+        serving_uri=serving_uri or promoted_model.path, served_model_name=served_model_name,
+        helm_release=helm_release, helm_namespace=helm_namespace, helm_chart=helm_chart))
+    page = shlex.join(["--ui", "--base-model", base_model, "--corpus", global_pool.path, "--test-data",
+                       mined_test.path])
+    command = f"{result.serve_command} {page}"
+    promoted_model.metadata.update({"model_uri": result.model_uri, "version": result.version,
+                                    "served_model_name": served_model_name, "serve_command": command})
+    lines = [f"# Promoted: `{result.model_uri}`", "", "Serve it here, with the search page:", "",
+             f"    {command}", ""]
+    if helm_release:
+        lines.append(f"Helm release `{helm_release}` (namespace `{helm_namespace}`) upgraded to revision "
+                     f"{result.helm_revision}.")
+    with open(promotion.path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def check_parity(
+    finetuned_model: Input[Model],
+    promoted_model: Input[Model],
+    serving_endpoint: str,
+    parity_metrics: Output[Metrics],
+    parity_report: Output[Markdown],
+):
+    """Served vectors vs the trained model's; without an endpoint, serves the promoted copy here."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    from components.parity import ParityConfig, check_serving_parity
+    from components.serving import ServeConfig, ServerProcess
+
+    name = promoted_model.metadata["served_model_name"]
+    work = tempfile.mkdtemp(prefix="parity-")
+    server = (contextlib.nullcontext() if serving_endpoint else
+              ServerProcess(ServeConfig(model=promoted_model.metadata["model_uri"], served_model_name=name, port=0),
+                            log_path=f"{work}/server.log"))
+    with server:
+        # A ParityError fails the step; its message names what differs.
+        result = check_serving_parity(finetuned_model.path, serving_endpoint or server.base_url, f"{work}/out",
+                                      ParityConfig(served_model_name=name))
+    cosines = [row["cosine"] for row in result.probes]
+    parity_metrics.log_metric("parity_min_cosine", float(min(cosines)))
+    parity_metrics.log_metric("parity_probes", float(len(cosines)))
+    shutil.move(str(result.report_path), parity_report.path)
