@@ -211,7 +211,7 @@ def evaluate_models(
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
-def quality_gate(
+def gate_promotion(
     evaluation_metrics: Input[Metrics],
     min_recall_at_1_gain: float,
     significance_level: float,
@@ -278,7 +278,7 @@ def promote_model(
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
-def check_parity(
+def parity_check(
     finetuned_model: Input[Model],
     promoted_model: Input[Model],
     serving_endpoint: str,

@@ -23,13 +23,13 @@ from kfp import dsl
 from kfp.dsl import Markdown, Metrics
 
 from pipelines.kfp_components import (
-    check_parity,
+    parity_check,
     evaluate_models,
     fine_tune_embedder,
     mine_negatives,
     prepare_data,
     promote_model,
-    quality_gate,
+    gate_promotion,
     score_pairs,
 )
 from pipelines.parameters import RECIPE
@@ -157,7 +157,7 @@ def searchtune_pipeline(
     ).set_display_name("5. evaluate")
 
     # 6. Quality gate
-    gate = quality_gate(
+    gate = gate_promotion(
         evaluation_metrics=evaluated.outputs["metrics"],
         min_recall_at_1_gain=gate_min_recall_at_1_gain,
         significance_level=gate_significance_level,
@@ -179,7 +179,7 @@ def searchtune_pipeline(
         ).set_display_name("7. promote").set_caching_options(False)
 
         # 8. Served-vs-trained parity
-        check_parity(
+        parity_check(
             finetuned_model=trained.outputs["finetuned_model"],
             promoted_model=promoted.outputs["promoted_model"],
             serving_endpoint=serving_endpoint,

@@ -52,15 +52,19 @@ def test_every_step_gets_its_image_resources_scheduling_and_s3_settings(tmp_path
     spec, kubernetes, _ = _compile(tmp_path, PROFILE)
     executors = spec["deploymentSpec"]["executors"]
     assert spec["defaultPipelineRoot"] == "s3://ml-artifacts/searchtune"
-    assert sorted(executors) == sorted(kubernetes) == ["exec-evaluate-models", "exec-fine-tune-embedder",
-                                                       "exec-mine-negatives", "exec-prepare-data", "exec-score-pairs"]
+    assert sorted(executors) == sorted(kubernetes) == [
+        "exec-evaluate-models", "exec-fine-tune-embedder", "exec-gate-promotion", "exec-mine-negatives",
+        "exec-parity-check", "exec-prepare-data", "exec-promote-model", "exec-score-pairs"]
 
     images = {name: e["container"]["image"] for name, e in executors.items()}
     assert images == {"exec-prepare-data": "registry.local/st:2@sha256:0123",
                       "exec-mine-negatives": "registry.local/st:2@sha256:0123",
                       "exec-score-pairs": "registry.local/st:2@sha256:0123",
                       "exec-evaluate-models": "registry.local/st:2@sha256:0123",
-                      "exec-fine-tune-embedder": "registry.local/st-launcher:2"}
+                      "exec-fine-tune-embedder": "registry.local/st-launcher:2",
+                      "exec-gate-promotion": "registry.local/st-launcher:2",
+                      "exec-promote-model": "registry.local/st-launcher:2",
+                      "exec-parity-check": "registry.local/st:2@sha256:0123"}
 
     mine = executors["exec-mine-negatives"]["container"]["resources"]
     assert (mine["resourceCpuRequest"], mine["resourceCpuLimit"]) == ("4", "4")

@@ -20,13 +20,13 @@ def test_compiled_pipeline_has_five_cached_steps_and_the_recipe_defaults(tmp_pat
     # The pipeline spec, then the Kubernetes platform spec the cluster profile adds.
     spec, _ = yaml.safe_load_all(output.read_text(encoding="utf-8"))
     tasks = spec["root"]["dag"]["tasks"]
-    assert sorted(tasks) == ["condition-1", "evaluate-models", "fine-tune-embedder", "mine-negatives",
-                             "prepare-data", "quality-gate", "score-pairs"]
+    assert sorted(tasks) == ["condition-1", "evaluate-models", "fine-tune-embedder", "gate-promotion",
+                             "mine-negatives", "prepare-data", "score-pairs"]
     assert all(task["cachingOptions"].get("enableCache") for name, task in tasks.items() if name != "condition-1")
     # Promotion and parity run only when the gate passes.
     assert tasks["condition-1"]["triggerPolicy"]["condition"] == \
-        "inputs.parameter_values['pipelinechannel--quality-gate-Output'] == true"
-    assert sorted(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == ["check-parity", "promote-model"]
+        "inputs.parameter_values['pipelinechannel--gate-promotion-Output'] == true"
+    assert sorted(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == ["parity-check", "promote-model"]
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     for name, value in RECIPE.as_arguments().items():
         assert parameters[name]["defaultValue"] == value, name

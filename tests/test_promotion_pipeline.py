@@ -9,7 +9,7 @@ import pytest
 from kfp import dsl, local
 from kfp.dsl import Dataset, Metrics, Model, Output
 
-from pipelines.kfp_components import SEARCHTUNE_IMAGE, check_parity, promote_model, quality_gate
+from pipelines.kfp_components import SEARCHTUNE_IMAGE, parity_check, promote_model, gate_promotion
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,13 @@ def promotion_branch(model_dir: str, corpus: str, p_value: float, serving_uri: s
     evaluation = fabricated_evaluation(delta=0.05, p_value=p_value)
     model = dsl.importer(artifact_uri=model_dir, artifact_class=Model, reimport=False)
     pool = dsl.importer(artifact_uri=corpus, artifact_class=Dataset, reimport=False)
-    gate = quality_gate(evaluation_metrics=evaluation.outputs["metrics"], min_recall_at_1_gain=0.01,
+    gate = gate_promotion(evaluation_metrics=evaluation.outputs["metrics"], min_recall_at_1_gain=0.01,
                         significance_level=0.05, max_metric_drop=0.01)
     with dsl.If(gate.outputs["Output"] == True):  # noqa: E712 (a KFP condition)
         promoted = promote_model(finetuned_model=model.output, global_pool=pool.output, mined_test=pool.output,
                                  base_model=model_dir, serving_uri=serving_uri, served_model_name="shop-search",
                                  helm_release="", helm_namespace="default", helm_chart="helm/searchtune-serving")
-        check_parity(finetuned_model=model.output, promoted_model=promoted.outputs["promoted_model"],
+        parity_check(finetuned_model=model.output, promoted_model=promoted.outputs["promoted_model"],
                      serving_endpoint="")
 
 
@@ -59,6 +59,6 @@ def test_a_passing_gate_promotes_and_the_promoted_copy_is_served_as_trained(tmp_
     assert len(reports) == 1
     text = reports[0].read_text(encoding="utf-8")
     assert f"searchtune serve --model {promoted[0].parent} --served-model-name shop-search --ui" in text
-    parity = list(tmp_path.glob("artifacts/**/check-parity/parity_report"))
+    parity = list(tmp_path.glob("artifacts/**/parity-check/parity_report"))
     assert len(parity) == 1 and "served as trained" in parity[0].read_text(encoding="utf-8")
     # The failing side of the condition is the full pipeline's (tests/test_pipeline.py).
