@@ -102,8 +102,9 @@ def _upgrade_release(model_uri: str, config: PromoteConfig) -> tuple[str, int]:
             chart = helm.Chart.load(config.helm_chart)
             rendered = chart.render(chart.merge_values(values), name=config.helm_release,
                                     namespace=config.helm_namespace, is_upgrade=True)
+            # As `helm template`: the manifests, not NOTES.txt (prose for the installing user).
             return "".join(f"---\n# Source: {path}\n{text}" for path, text in sorted(rendered.items())
-                           if text.strip()), 0
+                           if text.strip() and not path.endswith("NOTES.txt")), 0
         # helm-python-sdk reads ~/.kube/config or the in-cluster account, not $KUBECONFIG: pass it on.
         kubeconfig = os.environ.get("KUBECONFIG") or None
         with helm.Config(namespace=config.helm_namespace, kubeconfig_path=kubeconfig) as cluster:

@@ -8,7 +8,8 @@ import time
 
 import uvicorn
 
-from components.serving import ServeConfig, create_app, free_port
+from components.serving import ServeConfig, free_port
+from components.serving_http import create_app
 
 
 class ThreadedServer:
