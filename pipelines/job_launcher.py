@@ -248,29 +248,53 @@ def _cancel_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _create_or_adopt(custom, job: dict, job_type: JobType) -> dict:
+def _create_or_adopt(custom, job: dict, job_type: JobType, deadline: float) -> dict:
+    """Create the job; or take over the one an earlier attempt of this step created.
+
+    A job of this run and task that is still running (or succeeded) is followed; one that
+    failed is replaced by a new one of the same name, which resumes from its checkpoints.
+    """
     from kubernetes.client.exceptions import ApiException
 
     namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
-    try:
-        created = custom.create_namespaced_custom_object(job_type.group, job_type.version, namespace,
-                                                         job_type.plural, job)
-        logger.info("created %s", job_type.describe(namespace, name))
-        return created
-    except ApiException as error:
-        if error.status != 409:
-            raise TrainingJobFailed(f"creating {job_type.describe(namespace, name)} failed: "
-                                    f"{error.status} {_api_message(error)}") from None
-    existing = custom.get_namespaced_custom_object(job_type.group, job_type.version, namespace, job_type.plural,
-                                                   name)
-    mine = job["metadata"].get("labels", {})
-    theirs = existing.get("metadata", {}).get("labels") or {}
-    owner = ("searchtune.io/pipeline-run-id", "searchtune.io/pipeline-task")
-    if any(theirs.get(key) != mine.get(key) for key in owner):
-        raise TrainingJobFailed(f"{job_type.describe(namespace, name)} already exists and belongs to another run "
-                                f"({', '.join(f'{k}={theirs.get(k)}' for k in owner)})")
-    logger.info("re-attached to %s, created by an earlier attempt of this step", job_type.describe(namespace, name))
-    return existing
+    described = job_type.describe(namespace, name)
+    address = (job_type.group, job_type.version, namespace, job_type.plural)
+    while True:
+        try:
+            created = custom.create_namespaced_custom_object(*address, job)
+            logger.info("created %s", described)
+            return created
+        except ApiException as error:
+            if error.status != 409:
+                raise TrainingJobFailed(f"creating {described} failed: {error.status} {_api_message(error)}") from None
+        try:
+            existing = custom.get_namespaced_custom_object(*address, name)
+        except ApiException as error:
+            if error.status == 404:  # deleted meanwhile: create again
+                continue
+            raise
+        mine = job["metadata"].get("labels", {})
+        theirs = existing.get("metadata", {}).get("labels") or {}
+        owner = ("searchtune.io/pipeline-run-id", "searchtune.io/pipeline-task")
+        if any(theirs.get(key) != mine.get(key) for key in owner):
+            raise TrainingJobFailed(f"{described} already exists and belongs to another run "
+                                    f"({', '.join(f'{k}={theirs.get(k)}' for k in owner)})")
+        if job_state(existing)[0] != job_type.failed:
+            logger.info("re-attached to %s, created by an earlier attempt of this step", described)
+            return existing
+        logger.info("%s failed in an earlier attempt of this step: replacing it (it resumes from its checkpoints)",
+                    described)
+        _delete(custom, job_type, namespace, name)
+        while time.monotonic() < deadline:
+            try:
+                custom.get_namespaced_custom_object(*address, name)
+            except ApiException as error:
+                if error.status == 404:
+                    break
+                raise
+            time.sleep(2.0)
+        else:
+            raise TrainingJobTimeout(f"{described} from an earlier attempt was not deleted in time")
 
 
 def _api_message(error) -> str:
@@ -331,7 +355,7 @@ def run_training_job(
 
     with _cancel_on_sigterm():
         try:
-            current = _create_or_adopt(custom, job, job_type)
+            current = _create_or_adopt(custom, job, job_type, deadline)
             owned = True  # created by this step or an earlier attempt of it: ours to clean up
             follower.start()
             while True:

@@ -220,6 +220,21 @@ def test_a_retried_step_reattaches_to_its_own_job_and_refuses_another_runs(kube)
     assert outcome.state == "Succeeded" and outcome.deleted
     assert len([r for r in server.requests if r["method"] == "POST"]) == 2, "one create refused with 409"
 
+    # An earlier attempt's job failed: a retried step replaces it (same name, same checkpoints).
+    custom.create_namespaced_custom_object("kubeflow.org", "v1", NAMESPACE, "pytorchjobs", job)
+    failed = Operator(server, api_client, "pytorchjob", job["metadata"]["name"])
+    failed.condition("Failed", "PyTorchJobFailed", "backoff limit reached")
+    old_uid = server.get("pytorchjobs", NAMESPACE, failed.name)["metadata"]["uid"]
+    thread, result, _ = _launch(job, "pytorchjob", api_client)
+    _wait_for(lambda: (server.get("pytorchjobs", NAMESPACE, failed.name) or {"metadata": {"uid": old_uid}})[
+        "metadata"]["uid"] != old_uid, "the failed job was not replaced")
+    replacement = Operator(server, api_client, "pytorchjob", failed.name)
+    replacement.condition("Succeeded")
+    thread.join(timeout=60)
+    assert result["outcome"].transitions == ["Succeeded"]
+    calls = [(r["method"], r["path"].rsplit("/", 1)[-1]) for r in server.requests if r["method"] != "GET"][-5:]
+    assert calls[:3] == [("POST", "pytorchjobs"), ("DELETE", failed.name), ("POST", "pytorchjobs")], calls
+
     theirs = render_job(ClusterProfile(), INPUTS, "pytorchjob")
     theirs["metadata"]["labels"]["searchtune.io/pipeline-run-id"] = "someone-else"
     custom.create_namespaced_custom_object("kubeflow.org", "v1", NAMESPACE, "pytorchjobs", theirs)

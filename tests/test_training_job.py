@@ -232,3 +232,19 @@ def test_render_job_refuses_bad_input_in_one_line(tmp_path, capsys, profile_text
     error = capsys.readouterr().err.strip()
     assert error.startswith("searchtune: error: ") and message in error and "\n" not in error
     assert not output.exists()
+
+
+def test_the_launcher_side_imports_no_torch_so_it_runs_in_the_small_launcher_image():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    probe = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
+             "sys.modules['FlagEmbedding'] = None\n"
+             "import pipelines.job_launcher, pipelines.training_job, pipelines.cluster_profile\n"
+             "from pipelines.job_launcher import fine_tune_on_cluster\n"
+             "print('ok')")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT,
+                            env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
