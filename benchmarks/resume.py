@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -55,36 +56,61 @@ def _training_started(log: str) -> float:
     return datetime.strptime(match.group(1), "%m/%d/%Y %H:%M:%S").timestamp()
 
 
+def _e5_shaped_bert(folder: Path, rows: list[dict]) -> Path:
+    """A random BERT with multilingual-e5-small's encoder (12 layers, 384 wide) over a
+    character vocabulary: e5-small's training cost without its 96 M-parameter vocabulary
+    (whose compressible 4-bit-rounded weights the local SeaweedFS stores slowly)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from components.model_profiles import ModelProfile, write_model_profile
+
+    folder.mkdir(parents=True)
+    texts = [row["query"] for row in rows] + [text for row in rows for text in row["pos"] + row["neg"]]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({c for t in texts for c in t if not c.isspace()})
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=False).save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=1536, max_position_embeddings=128)).save_pretrained(folder)
+    write_model_profile(folder, ModelProfile(pooling="cls", query_max_len=32, passage_max_len=32))
+    return folder
+
+
 def _summary(uri: str, folder: Path) -> dict:
     return json.loads(download_file(f"{uri}/training_summary.json", folder / "summary.json").read_text())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:multilingual-e5-small",
-                        help="the student (a builtin name or a local folder); uploaded to S3 as a sealed folder")
+    parser.add_argument("--model", default="",
+                        help="the student (a builtin name or a local folder; default: a random BERT of "
+                             "e5-small's shape with a character vocabulary); uploaded to S3 as a sealed folder")
     parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the steps")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "resume.json")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, S3 data) for inspection")
     args = parser.parse_args()
 
     from components.model_profiles import resolve_model
 
-    with tempfile.TemporaryDirectory(prefix="resume-bench-") as folder:
-        work = Path(folder)
+    work = Path(tempfile.mkdtemp(prefix="resume-bench-"))
+    print(f"work folder: {work}", flush=True)
+    try:
         server = SeaweedServer(work / "s3").start()
         os.environ.update(server.environment)
         try:
-            model = resolve_model(args.model)
-            upload_folder(model.path, "s3://data/bench/models/student")
-            upload_file(write_rows(work / "rows.jsonl", scored_rows(copies=8)), "s3://data/bench/scored_train")
+            rows = scored_rows(copies=8)
+            student = resolve_model(args.model).path if args.model else _e5_shaped_bert(work / "student", rows)
+            upload_folder(student, "s3://data/bench/models/student")
+            upload_file(write_rows(work / "rows.jsonl", rows), "s3://data/bench/scored_train")
             common = ["--train-data", "s3://data/bench/scored_train", "--model", "s3://data/bench/models/student",
                       "--train-group-size", "4", "--query-max-len", "32", "--passage-max-len", "32",
                       "--per-device-train-batch-size", "2", "--num-train-epochs", "100",
                       "--max-steps", str(args.max_steps), "--save-steps", str(args.save_steps), "--logging-steps",
                       "1", "--precision", "fp32", "--deepspeed", "false", "--gradient-checkpointing", "false",
-                      "--freeze-word-embeddings", "true", "--learning-rate", "1e-5", "--seed", "7"]
+                      "--learning-rate", "1e-5", "--seed", "7"]
 
             def arguments(run: str) -> list[str]:
                 return [*common, "--output", f"s3://data/bench/{run}/model",
@@ -131,7 +157,11 @@ def main() -> int:
             summary = _summary("s3://data/bench/job/model", work / "job")
         finally:
             server.stop()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
+    model_name = args.model or "random BERT, e5-small's encoder"
     lost_s = killed_s + resumed_s - uninterrupted_s
     target_s = args.save_steps * step_s + startup_s
     upload_by_step: dict[int, dict] = {}
@@ -141,7 +171,7 @@ def main() -> int:
         entry["slowest_node_upload_s"] = max(entry["slowest_node_upload_s"], seconds)
     result = {
         "benchmark": "resume", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-        "model": args.model, "nodes": 2, "processes_per_node": 1, "max_steps": args.max_steps,
+        "model": model_name, "nodes": 2, "processes_per_node": 1, "max_steps": args.max_steps,
         "save_steps": args.save_steps, "kill_at": args.kill_at,
         "uninterrupted_s": round(uninterrupted_s, 1), "startup_s": round(startup_s, 1), "step_s": round(step_s, 3),
         "killed_after_s": round(killed_s, 1), "steps_done_before_kill": steps_done,
@@ -152,7 +182,7 @@ def main() -> int:
         "checkpoint_bytes_in_store": checkpoint_bytes,
         "uploads_per_checkpoint": {str(k): v for k, v in sorted(upload_by_step.items())},
     }
-    table = Table(title=f"Two-node job killed at {args.kill_at:.0%} and resumed ({args.model}, {args.max_steps} "
+    table = Table(title=f"Two-node job killed at {args.kill_at:.0%} and resumed ({model_name}, {args.max_steps} "
                         f"steps, checkpoint every {args.save_steps})")
     table.add_column("measure")
     table.add_column("value", justify="right")

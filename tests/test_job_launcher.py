@@ -6,6 +6,7 @@ The test plays the operator (status conditions through the real client) and the 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -273,3 +274,63 @@ def test_the_newest_true_condition_is_the_state():
          "lastTransitionTime": "2025-01-01T00:02:00Z"}]}}
     assert job_state(job) == ("Restarting", "R", "m")
     assert job_state({}) == ("", "", "")
+
+
+def test_the_fine_tune_step_on_a_cluster_checks_the_sealed_model_and_reads_its_summary(kube, s3_environment, tmp_path):
+    from components.object_store import upload_folder
+    from pipelines.job_launcher import fine_tune_on_cluster
+
+    server, api_client = kube
+    flags = {"model": "BAAI/bge-large-zh-v1.5", "learning_rate": 1e-5, "nproc_per_node": 2, "max_steps": 10}
+    output = "s3://data/launcher/run-9/fine-tune-embedder/finetuned_model"
+
+    def step(model_output: str) -> dict:
+        result: dict = {}
+
+        def run():
+            try:
+                result["value"] = fine_tune_on_cluster("trainjob", "training: {watch_timeout_s: 120}\n", flags,
+                                                       "s3://data/launcher/run-9/scored_train", model_output,
+                                                       "run-9", "fine-tune-embedder", api_client=api_client)
+            except Exception as error:  # handed to the test thread
+                result["error"] = error
+        thread = threading.Thread(target=run)
+        thread.start()
+        _wait_for(lambda: server.requests and any(r["method"] == "POST" for r in server.requests),
+                  "no job was created")
+        created = next(r["body"] for r in reversed(server.requests) if r["method"] == "POST")
+        command = created["spec"]["trainer"]["command"]
+        assert command[command.index("--output") + 1] == model_output
+        assert command[command.index("--max-steps") + 1] == "10"
+        operator = Operator(server, api_client, "trainjob", created["metadata"]["name"])
+        operator.condition("Complete")
+        thread.join(timeout=60)
+        return result
+
+    # The job's Master sealed the model where the step's artifact points.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "training_summary.json").write_text('{"global_step": 10, "final_loss": 0.5}', encoding="utf-8")
+    upload_folder(model, output)
+    result = step(output)["value"]
+    assert result.model_uri == output and result.summary == {"global_step": 10, "final_loss": 0.5}
+
+    s3_environment.client().put_object(Bucket="data", Key="launcher/run-10/model/model.safetensors", Body=b"w")
+    server.requests.clear()
+    error = step("s3://data/launcher/run-10/model")["error"]
+    assert isinstance(error, TrainingJobFailed)
+    assert "succeeded but s3://data/launcher/run-10/model has no completion marker" in str(error)
+
+
+@pytest.mark.parametrize("executor, train_data, message", [
+    ("mpijob", "s3://b/rows", "train_executor: expected one of local, pytorchjob, trainjob, got 'mpijob'"),
+    ("pytorchjob", "/tmp/local-root/scored_train", "train_data: the training job reads and writes S3; got "
+                                                   "'/tmp/local-root/scored_train'"),
+])
+def test_the_fine_tune_step_refuses_what_a_cluster_job_cannot_do(executor, train_data, message):
+    from pipelines.job_launcher import fine_tune_on_cluster
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fine_tune_on_cluster(executor, "", {"nproc_per_node": 2}, train_data, "s3://b/model", "r", "t",
+                             api_client=object())
