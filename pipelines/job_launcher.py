@@ -391,8 +391,14 @@ def run_training_job(
                     raise
                 except Exception as error:  # a read timeout or a dropped connection: get afresh
                     logger.debug("watch of %s ended: %s", described, error)
-                current = custom.get_namespaced_custom_object(job_type.group, job_type.version, namespace,
-                                                              job_type.plural, name)
+                try:
+                    current = custom.get_namespaced_custom_object(job_type.group, job_type.version, namespace,
+                                                                  job_type.plural, name)
+                except ApiException as error:
+                    if error.status == 404:
+                        raise TrainingJobFailed(f"{described} was deleted before it finished (last state: "
+                                                f"{outcome.state or 'none'})") from None
+                    raise
             finished = True
             follower.stop()
             outcome.log_lines = follower.lines
