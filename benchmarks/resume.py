@@ -44,8 +44,8 @@ from components.object_store import download_file, upload_file, upload_folder  #
 from tests.replica_nodes import scored_rows, start_run, write_rows  # noqa: E402
 from tests.s3_server import SeaweedServer, free_port  # noqa: E402
 
-_TRAINING_START = re.compile(r"^(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d) - INFO - transformers.trainer -\s+\*{5} Running training",
-                             re.MULTILINE)
+# Not anchored: the line can follow tqdm's progress bar on the same line.
+_TRAINING_START = re.compile(r"(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d) - WARNING - __main__ -\s+training starts at step")
 _UPLOAD = re.compile(r"uploaded checkpoint (\d+) \(node (\d+) of \d+\): (\d+) bytes in ([0-9.]+) s")
 
 

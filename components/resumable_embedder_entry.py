@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 RESTORED_MESSAGE = "restored model weights from"
 UPLOADED_MESSAGE = "uploaded checkpoint"
+STARTED_MESSAGE = "training starts at step"
 
 _original_load_from_checkpoint = EncoderOnlyEmbedderTrainer._load_from_checkpoint
 _original_load_optimizer_and_scheduler = EncoderOnlyEmbedderTrainer._load_optimizer_and_scheduler
@@ -220,8 +221,17 @@ class StoreCheckpoints(TrainerCallback):
             logger.error("%d checkpoint(s) were not stored: %s", len(self.failures), "; ".join(self.failures))
 
 
+class AnnounceStart(TrainerCallback):
+    """Logs where training starts (after a resume: the checkpoint's step), with a timestamp."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            logger.warning("%s %d of %d", STARTED_MESSAGE, state.global_step, state.max_steps)
+
+
 def _load_trainer_with_store(self: EncoderOnlyEmbedderRunner):
     trainer = _original_load_trainer(self)
+    trainer.add_callback(AnnounceStart())
     uri = os.environ.get(CHECKPOINT_URI_VARIABLE, "")
     if uri:
         trainer.add_callback(StoreCheckpoints(uri, int(os.environ.get(KEEP_CHECKPOINTS_VARIABLE, "2"))))

@@ -17,7 +17,6 @@ import copy
 import functools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import jsonschema
 import yaml

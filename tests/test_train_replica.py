@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 from components.checkpoint_store import CheckpointStore
 from components.object_store import COMPLETION_MARKER, download_file, upload_file, upload_folder
 from components.replica_environment import ReplicaTopology, TopologyError, cpu_limit, thread_environment
-from components.resumable_embedder_entry import RESTORED_MESSAGE, weights_fingerprint
+from components.resumable_embedder_entry import RESTORED_MESSAGE, STARTED_MESSAGE, weights_fingerprint
 from components.train import TrainConfig, build_torchrun_command
 from tests.conftest import REPO_ROOT, build_tiny_bert
 from tests.replica_nodes import SEARCHTUNE, operator_variables, scored_rows, start_run, write_rows
@@ -252,6 +251,7 @@ def test_two_nodes_killed_mid_training_resume_from_the_newest_complete_checkpoin
     for node in second.nodes:
         assert f"resuming from s3://data/resume/job/checkpoints/checkpoint-{newest.step} (step {newest.step})" \
             in node.log(), node.log()[-3000:]
+    assert f"{STARTED_MESSAGE} {newest.step} of 24" in second.nodes[0].log(), "the trainer state was restored"
     restored = re.search(rf"{RESTORED_MESSAGE} \S+checkpoint-{newest.step}: \d+ tensors, sha256 (\w+)",
                          second.nodes[0].log())
     assert restored, second.nodes[0].log()[-3000:]
