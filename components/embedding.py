@@ -128,13 +128,23 @@ class TextEncoder:
         return self._encode(formatted, self.profile.passage_max_len, description)
 
     def _encode(self, texts: list[str], max_length: int, description: str) -> np.ndarray:
-        output = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
-            return output
+            return np.zeros((0, self.dimension), dtype=np.float32)
         encoded = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return self.encode_token_ids(encoded, description)
+
+    def encode_token_ids(self, encoded: Sequence[Sequence[int]], description: str = "encode") -> np.ndarray:
+        """Vectors of texts already tokenized (special tokens included, already truncated).
+
+        The serving path tokenizes per request (to refuse over-long texts) and batches the
+        ids of concurrent requests here, so served and in-process vectors share this code.
+        """
+        output = np.zeros((len(encoded), self.dimension), dtype=np.float32)
+        if not encoded:
+            return output
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         pad_id = self.tokenizer.pad_token_id or 0
-        with torch.inference_mode(), tqdm(total=len(texts), desc=description, unit="text",
+        with torch.inference_mode(), tqdm(total=len(encoded), desc=description, unit="text",
                                           disable=not self.config.show_progress, mininterval=2.0) as bar:
             for index in token_budget_batches(lengths, self.config.batch_size, self.config.max_batch_tokens):
                 longest = int(lengths[index[0]])

@@ -29,6 +29,7 @@ import os
 import random
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -58,7 +59,9 @@ class StorageSettings:
 
     Attributes:
         multipart_threshold_mb: objects above this size move in parts.
-        multipart_chunk_mb: size of one part.
+        multipart_chunk_mb: size of one part (uploads and downloads). Downloads verify
+            checksums part by part as parts land, so smaller parts overlap more of the
+            hashing with the transfer (measured in ``benchmarks/s3_io.py``).
         max_concurrency: parts in flight at once, per file.
         request_attempts: botocore's attempts per request (standard retry mode).
         retry_seconds: how long a whole file keeps being retried after a failure (a store
@@ -68,8 +71,8 @@ class StorageSettings:
         verify_checksums: check SHA-256 of every downloaded file against the marker.
     """
 
-    multipart_threshold_mb: int = 64
-    multipart_chunk_mb: int = 64
+    multipart_threshold_mb: int = 16
+    multipart_chunk_mb: int = 16
     max_concurrency: int = 8
     request_attempts: int = 5
     retry_seconds: float = 120.0
@@ -164,6 +167,7 @@ _PERMANENT_CODES = {
     "NotFound": "no such object",
     "403": "access denied: check the credentials and the bucket policy",
     "InvalidBucketName": "invalid bucket name",
+    "InvalidRange": "InvalidRange: the object is shorter than expected",
 }
 
 
@@ -379,6 +383,20 @@ def upload_file(source: str | os.PathLike, uri: str, settings: StorageSettings =
     return uri
 
 
+def read_object(uri: str, settings: StorageSettings = DEFAULT_SETTINGS) -> bytes:
+    """The whole content of one small object (a JSON file, a marker)."""
+    bucket, key = split_s3_uri(uri)
+    client = s3_client(settings)
+    return _with_retries(lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(), uri, "reading",
+                         settings)
+
+
+def list_objects(uri: str, settings: StorageSettings = DEFAULT_SETTINGS) -> list[str]:
+    """The ``s3://`` URIs of every object under a prefix (a folder: give it with or without ``/``)."""
+    bucket, prefix = _folder_prefix(uri)
+    return [f"{S3_SCHEME}{bucket}/{key}" for key in _list_keys(s3_client(settings), bucket, prefix, uri, settings)]
+
+
 # --------------------------------------------------------------------------- folders
 
 
@@ -423,19 +441,25 @@ def upload_folder(source: str | os.PathLike, uri: str, settings: StorageSettings
         raise FileNotFoundError(f"{source}: folder not found")
     bucket, prefix = _folder_prefix(uri)
     client = s3_client(settings)
-    manifest = folder_manifest(source)
-    _with_retries(lambda: client.delete_object(Bucket=bucket, Key=prefix + COMPLETION_MARKER), uri,
-                  "removing the old completion marker", settings)
-    stale = [key for key in _list_keys(client, bucket, prefix, uri, settings)
-             if key[len(prefix):] not in manifest["files"]]
-    for start in range(0, len(stale), 1000):
-        batch = {"Objects": [{"Key": key} for key in stale[start:start + 1000]], "Quiet": True}
-        _with_retries(lambda: client.delete_objects(Bucket=bucket, Delete=batch), uri, "removing stale files",
-                      settings)
-    started = time.monotonic()
-    for number, name in enumerate(manifest["files"], start=1):
-        upload_file(source / name, f"{S3_SCHEME}{bucket}/{prefix}{name}", settings)
-        logger.debug("uploaded %d/%d: %s", number, len(manifest["files"]), name)
+    sizes = {path.relative_to(source).as_posix(): path.stat().st_size for path in _local_files(source)}
+    # The checksums are needed only for the marker, at the end: hashing runs beside the
+    # upload (hashlib releases the GIL) instead of costing a pass of its own first.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest") as hashing:
+        pending_manifest = hashing.submit(folder_manifest, source)
+        _with_retries(lambda: client.delete_object(Bucket=bucket, Key=prefix + COMPLETION_MARKER), uri,
+                      "removing the old completion marker", settings)
+        stale = [key for key in _list_keys(client, bucket, prefix, uri, settings) if key[len(prefix):] not in sizes]
+        for start in range(0, len(stale), 1000):
+            batch = {"Objects": [{"Key": key} for key in stale[start:start + 1000]], "Quiet": True}
+            _with_retries(lambda: client.delete_objects(Bucket=bucket, Delete=batch), uri, "removing stale files",
+                          settings)
+        started = time.monotonic()
+        for number, name in enumerate(sizes, start=1):
+            upload_file(source / name, f"{S3_SCHEME}{bucket}/{prefix}{name}", settings)
+            logger.debug("uploaded %d/%d: %s", number, len(sizes), name)
+        manifest = pending_manifest.result()
+    if {name: entry["size"] for name, entry in manifest["files"].items()} != sizes:
+        raise StorageError(f"{source}: the folder changed while it was uploaded; not sealed")
     body = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
     _with_retries(lambda: client.put_object(Bucket=bucket, Key=prefix + COMPLETION_MARKER, Body=body), uri,
                   "writing the completion marker", settings)
@@ -443,6 +467,61 @@ def upload_folder(source: str | os.PathLike, uri: str, settings: StorageSettings
     logger.info("uploaded %s → %s: %d files, %.1f MB in %.1f s", source, uri, len(manifest["files"]),
                 manifest["total_bytes"] / 1e6, elapsed)
     return manifest
+
+
+def _download_parts(client, uri: str, size: int, target: Path, settings: StorageSettings) -> str | None:
+    """Download one object of known size in ranged parts, in parallel; returns its SHA-256.
+
+    Parts land roughly in order, and the checksum follows the finished prefix in this
+    thread while later parts are still in flight, so verifying costs little beyond the
+    transfer itself. A failed part is retried alone, with backoff.
+    """
+    bucket, key = split_s3_uri(uri)
+    part = max(settings.multipart_chunk_mb << 20, 1)
+    starts = list(range(0, size, part)) or [0]
+    progress = _Progress(f"download {uri}", size)
+    with target.open("wb") as handle:
+        handle.truncate(size)
+
+    def fetch(start: int) -> None:
+        end = min(start + part, size) - 1
+
+        def attempt() -> None:
+            request = {"Bucket": bucket, "Key": key}
+            if size:
+                request["Range"] = f"bytes={start}-{end}"
+            body = client.get_object(**request)["Body"]
+            written = 0
+            with target.open("r+b") as out:
+                out.seek(start)
+                for block in body.iter_chunks(1 << 20):
+                    out.write(block)
+                    written += len(block)
+            if written != (end - start + 1 if size else 0):
+                raise ConnectionError(f"part {start}-{end}: {written} bytes arrived")
+            progress(written)
+        _with_retries(attempt, uri, "download", settings)
+
+    digest = hashlib.sha256() if settings.verify_checksums else None
+    with ThreadPoolExecutor(max_workers=min(settings.max_concurrency, len(starts)),
+                            thread_name_prefix="download") as pool:
+        futures = [pool.submit(fetch, start) for start in starts]
+        try:
+            with target.open("rb") as written:
+                for start, future in zip(starts, futures):
+                    future.result()
+                    if digest is not None:
+                        written.seek(start)
+                        remaining = min(part, size - start)
+                        while remaining > 0:
+                            block = written.read(min(4 << 20, remaining))
+                            digest.update(block)
+                            remaining -= len(block)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return digest.hexdigest() if digest is not None else None
 
 
 def download_folder(uri: str, destination: str | os.PathLike, settings: StorageSettings = DEFAULT_SETTINGS) -> Path:
@@ -455,21 +534,24 @@ def download_folder(uri: str, destination: str | os.PathLike, settings: StorageS
     bucket, prefix = _folder_prefix(uri)
     destination = Path(destination)
     started = time.monotonic()
+    client = s3_client(settings)
     with atomic_path(destination) as staged:
         staged.mkdir()
         for name, entry in manifest["files"].items():
             target = staged / name
+            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                download_file(f"{S3_SCHEME}{bucket}/{prefix}{name}", target, settings)
+                digest = _download_parts(client, f"{S3_SCHEME}{bucket}/{prefix}{name}", entry["size"], target,
+                                         settings)
             except StorageError as error:
-                if "no such object" in str(error):
-                    raise IncompleteFolderError(f"{uri}: {name} is listed in the completion marker but missing") \
-                        from None
+                if "no such object" in str(error) or "InvalidRange" in str(error):
+                    raise IncompleteFolderError(f"{uri}: {name} is listed in the completion marker but missing "
+                                                "or shorter") from None
                 raise
             if target.stat().st_size != entry["size"]:
                 raise IncompleteFolderError(f"{uri}: {name} has {target.stat().st_size} bytes, the marker says "
                                             f"{entry['size']}")
-            if settings.verify_checksums and _sha256(target) != entry["sha256"]:
+            if digest is not None and digest != entry["sha256"]:
                 raise IncompleteFolderError(f"{uri}: {name} does not match its checksum in the marker")
         (staged / COMPLETION_MARKER).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     logger.info("downloaded %s → %s: %d files, %.1f MB in %.1f s", uri, destination, len(manifest["files"]),

@@ -2,8 +2,9 @@
 
 ``searchtune run --local`` runs the KFP pipeline on this machine with
 ``kfp.local.SubprocessRunner``; ``searchtune compile`` writes the pipeline YAML for a
-cluster; ``prepare``/``mine``/``score``/``train``/``evaluate``/``sample-data`` run one
-step on files.
+cluster profile, ``submit`` (or ``run`` without ``--local``) starts it on Kubeflow
+Pipelines, ``compare`` puts runs side by side; ``prepare``/``mine``/``score``/``train``/
+``evaluate``/``sample-data`` run one step on files.
 """
 
 from __future__ import annotations
@@ -132,13 +133,73 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_profile(args: argparse.Namespace):
+    """The cluster profile named by ``--profile`` (the defaults without one) and its text."""
+    from pipelines.cluster_profile import ClusterProfile, load_cluster_profile
+
+    if not args.profile:
+        return ClusterProfile(), ""
+    return load_cluster_profile(args.profile), Path(args.profile).read_text(encoding="utf-8")
+def _read_flat_metrics(path: Path) -> dict[str, float]:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON: {error}") from None
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+        raise ValueError(f"{path}: expected flat metrics {{name: number}} as a run folder's metrics.json holds "
+                         "(global_recall_at_1_delta, global_recall_at_1_p_value, ...)")
+    return metrics
+
+
+def _command_gate(args: argparse.Namespace) -> int:
+    from components.gate import GateConfig, decide_promotion
+
+    decision = decide_promotion(_read_flat_metrics(args.metrics), args.output_dir,
+                                config_from_flags(GateConfig, args))
+    print(decision.report_path.read_text(encoding="utf-8"))
+    return 0 if decision.promote else 1
+
+
+def _command_parity(args: argparse.Namespace) -> int:
+    from components.parity import ParityConfig, check_serving_parity
+
+    result = check_serving_parity(args.model, args.endpoint, args.output_dir, config_from_flags(ParityConfig, args))
+    print(result.report_path.read_text(encoding="utf-8"))
+    return 0
+
+
+def _command_promote(args: argparse.Namespace) -> int:
+    from components.promote import PromoteConfig, promote_model
+
+    result = promote_model(args.model, config_from_flags(PromoteConfig, args))
+    print(f"model:  {result.model_uri}" + ("" if result.copied else " (already there)"))
+    if result.helm_manifest:
+        print(result.helm_manifest if args.helm_dry_run else f"helm release revision {result.helm_revision}")
+    print(f"serve:  {result.serve_command}")
+    return 0
+
+
+def _command_serve(args: argparse.Namespace) -> int:
+    from components.serving import ServeConfig, serve
+
+    serve(config_from_flags(ServeConfig, args))
+    return 0
+
+
 def _command_compile(args: argparse.Namespace) -> int:
-    from kfp import compiler
+    from pipelines.cluster_compile import compile_for_profile
 
-    from pipelines.pipeline import searchtune_pipeline
+    profile, text = _load_profile(args)
+    print(compile_for_profile(args.output, profile, text))
+    return 0
 
-    compiler.Compiler().compile(searchtune_pipeline, str(args.output))
-    print(args.output)
+
+def _command_pull_model(args: argparse.Namespace) -> int:
+    from components.serving_model import pull_model
+
+    pulled = pull_model(args.uri, args.output, serving_engine=args.serving_engine,
+                        allow_incompatible_profile=args.allow_incompatible_profile)
+    print(pulled.path)
     return 0
 
 
@@ -150,7 +211,7 @@ def _pipeline_parameters(args: argparse.Namespace):
         value = getattr(args, name)
         if value:
             overrides[name] = value if value.startswith("s3://") else str(Path(value).resolve())
-    preset = PRESETS[args.preset]
+    preset = PRESETS[args.preset or ("local" if getattr(args, "local", False) else "recipe")]
     return preset.with_overrides(**_typed_overrides(preset, args.set or [], overrides))
 
 
@@ -174,11 +235,35 @@ def _typed_overrides(preset, items: list[str], overrides: dict | None = None) ->
     return typed
 
 
+def _command_submit(args: argparse.Namespace) -> int:
+    from pipelines.submit import kfp_client, run_arguments, submit_run, wait_for_run
+
+    profile, text = _load_profile(args)
+    for name in ("train_data", "test_data", "corpus"):
+        value = getattr(args, name, None)
+        if value and not value.startswith("s3://"):
+            raise ValueError(f"--{name.replace('_', '-')}: a cluster run reads its data from S3; "
+                             f"give an s3:// URI, not {value!r}")
+    parameters = _pipeline_parameters(args)
+    api = kfp_client(args.host, args.namespace or profile.namespace, args.token_file, args.kube_context)
+    explicit = {item.partition("=")[0].replace("-", "_") for item in args.set or []}
+    run = submit_run(api, run_arguments(parameters.as_arguments(), explicit), profile, text,
+                     experiment=args.experiment, run_name=args.run_name, package=args.output)
+    print(f"run {run.run_id} submitted: {run.link}", flush=True)
+    if not args.wait:
+        return 0
+    finished = wait_for_run(api, run.run_id, timeout_s=args.timeout, poll_s=args.poll_seconds)
+    if finished.state == "SUCCEEDED":
+        print(f"run {run.run_id} succeeded: {run.link}")
+        return 0
+    print(f"searchtune: error: run {run.run_id} {finished.state.lower()}"
+          + (f": {finished.message}" if finished.message else "") + f" ({run.link})", file=sys.stderr)
+    return 1
+
+
 def _command_run(args: argparse.Namespace) -> int:
     if not args.local:
-        print("only --local runs are implemented; compile the pipeline and submit it with the KFP UI or client",
-              file=sys.stderr)
-        return 2
+        return _command_submit(args)
     from kfp import local
 
     from pipelines.pipeline import searchtune_pipeline
@@ -198,12 +283,36 @@ def _command_run(args: argparse.Namespace) -> int:
     started = time.time()
     outputs = searchtune_pipeline(**parameters.as_arguments())
     report = Path(outputs.outputs["report"].path)
-    metrics = outputs.outputs["metrics"].metadata
+    metrics = {**outputs.outputs["metrics"].metadata, **outputs.outputs["gate_metrics"].metadata}
     (run_dir / "report.md").write_text(report.read_text(encoding="utf-8"), encoding="utf-8")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(report.read_text(encoding="utf-8"))
+    gate_report = Path(outputs.outputs["gate_report"].path).read_text(encoding="utf-8")
+    (run_dir / "gate.md").write_text(gate_report, encoding="utf-8")
+    print(gate_report)
+    # Promotion runs under the gate's condition, so it is not a pipeline output: find its report.
+    promotions = sorted(run_dir.glob("artifacts/**/promote-model/promotion"), key=lambda p: p.stat().st_mtime)
+    if metrics.get("gate_promote") == 1.0 and promotions:
+        print(promotions[-1].read_text(encoding="utf-8"))
     print(f"run folder: {run_dir} ({time.time() - started:.0f} s)")
     return 0
+
+
+def _add_submit_options(parser: argparse.ArgumentParser) -> None:
+    from pipelines.submit import DEFAULT_EXPERIMENT, TOKEN_FILE_ENV
+
+    group = parser.add_argument_group("cluster (KFP)")
+    group.add_argument("--host", help="KFP API endpoint (default: $KF_PIPELINES_ENDPOINT, else the kubeconfig)")
+    group.add_argument("--namespace", help="KFP profile namespace (default: the cluster profile's)")
+    group.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment the run goes into")
+    group.add_argument("--run-name", help="the run's name (default: searchtune <time>)")
+    group.add_argument("--profile", help="cluster profile YAML (default: the built-in defaults)")
+    group.add_argument("--token-file", help=f"file holding a bearer token for the KFP API (or ${TOKEN_FILE_ENV})")
+    group.add_argument("--kube-context", help="kubeconfig context when no --host is given")
+    group.add_argument("--wait", action="store_true", help="follow the run to its end; non-zero exit on failure")
+    group.add_argument("--timeout", type=float, default=3 * 24 * 3600, help="seconds --wait follows the run")
+    group.add_argument("--poll-seconds", type=float, default=10.0, help="seconds between state checks")
+    group.add_argument("--output", type=Path, help="also keep the compiled pipeline YAML here")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,15 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     from components.sample_data import SampleDataConfig
     from components.score import ScoreConfig
     from components.train import TrainConfig
+    from pipelines.compare import add_compare_options, compare_command
     from pipelines.parameters import PRESETS
 
     parser = argparse.ArgumentParser(prog="searchtune", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the whole pipeline")
+    run = commands.add_parser("run", help="run the whole pipeline (on this machine with --local, else on KFP)")
     run.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
-    run.add_argument("--preset", default="local", choices=sorted(PRESETS), help="parameter preset")
+    run.add_argument("--preset", choices=sorted(PRESETS),
+                     help="parameter preset (default: local with --local, recipe on a cluster)")
     run.add_argument("--train-data", help="training rows (JSONL path or s3:// URI); default: built-in sample")
     run.add_argument("--test-data", help="test rows; default: a 9:1 split of the training rows")
     run.add_argument("--corpus", help="extra {id,text} passages for the global pool")
@@ -229,11 +340,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help="run folder (default: runs/<timestamp>)")
     run.add_argument("--cache-dir", help="KFP step cache (default: inside the run folder)")
     run.add_argument("--no-cache", action="store_true", help="run every step even if cached")
+    _add_submit_options(run)
     run.set_defaults(handler=_command_run)
+
+    submit = commands.add_parser("submit", help="compile with the cluster profile and start a run on KFP")
+    submit.add_argument("--preset", choices=sorted(PRESETS), help="parameter preset (default: recipe)")
+    submit.add_argument("--train-data", help="training rows (s3:// URI); default: built-in sample")
+    submit.add_argument("--test-data", help="test rows (s3:// URI)")
+    submit.add_argument("--corpus", help="extra {id,text} passages (s3:// URI)")
+    submit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a pipeline parameter")
+    _add_submit_options(submit)
+    submit.set_defaults(handler=_command_submit)
 
     compile_ = commands.add_parser("compile", help="write the pipeline YAML for a cluster")
     compile_.add_argument("--output", type=Path, default=Path("searchtune_pipeline.yaml"))
+    compile_.add_argument("--profile", help="cluster profile YAML (default: the built-in defaults)")
     compile_.set_defaults(handler=_command_compile)
+
+    compare = commands.add_parser("compare", help="runs side by side: parameters that differ, every metric")
+    add_compare_options(compare)
+    compare.set_defaults(handler=compare_command)
 
     sample = commands.add_parser("sample-data", help="write the built-in e-commerce sample data")
     sample.add_argument("--output-dir", required=True)
@@ -298,6 +424,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(evaluate, EvaluateConfig)
     _add_encode_flags(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)
+
+    pull = commands.add_parser("pull-model", help="download a finished model folder from S3 for serving")
+    pull.add_argument("--uri", required=True, help="s3://bucket/prefix/model/ with searchtune's completion marker")
+    pull.add_argument("--output", required=True, type=Path, help="the local model folder to create")
+    pull.add_argument("--serving-engine", choices=["sglang"],
+                      help="refuse a model this engine would serve with other vectors than it was trained to give")
+    pull.add_argument("--allow-incompatible-profile", action="store_true",
+                      help="with --serving-engine: keep such a model, with a loud warning")
+    pull.set_defaults(handler=_command_pull_model)
+    from components.gate import GateConfig
+
+    gate = commands.add_parser("gate", help="promote or not, from a run's metrics (exit 0: promote, 1: not)")
+    gate.add_argument("--metrics", type=Path, required=True, help="flat metrics JSON (a run folder's metrics.json)")
+    gate.add_argument("--output-dir", required=True)
+    add_config_flags(gate, GateConfig)
+    gate.set_defaults(handler=_command_gate)
+
+    from components.promote import PromoteConfig
+
+    promote = commands.add_parser("promote", help="copy a model to the serving location; upgrade the Helm release")
+    promote.add_argument("--model", required=True, help="the fine-tuned model folder")
+    add_config_flags(promote, PromoteConfig)
+    promote.set_defaults(handler=_command_promote)
+
+    from components.parity import ParityConfig
+
+    parity = commands.add_parser("parity", help="served vectors vs the trained model's on a fixed probe set")
+    parity.add_argument("--model", required=True, help="the trained model (folder with its profile)")
+    parity.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    parity.add_argument("--output-dir", required=True)
+    add_config_flags(parity, ParityConfig)
+    parity.set_defaults(handler=_command_parity)
+
+    from components.serving import ServeConfig
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible embeddings API (and --ui: the search page)")
+    add_config_flags(serve, ServeConfig, skip=("ui", "access_log"))
+    serve.add_argument("--ui", action="store_true", help="also serve the base vs fine-tuned search page at /")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=_command_serve)
     return parser
 
 
@@ -313,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"searchtune: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A store or API that cannot be reached; the message names it.
+        print(f"searchtune: error: {error}", file=sys.stderr)
+        return 1
     except RuntimeError as error:
         # A failed pipeline step or training run: its own log, above, says why.
         print(f"searchtune: error: {error}", file=sys.stderr)

@@ -336,7 +336,7 @@ def _node_value(node: yaml.Node) -> Any:
     return yaml.safe_load(yaml.serialize(node))
 
 
-def _convert(annotation: Any, node: yaml.Node, where: str, fail) -> Any:
+def _convert(annotation: Any, node: yaml.Node, where: str, fail, base: Any = None) -> Any:
     origin = get_origin(annotation)
     args = get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -347,7 +347,7 @@ def _convert(annotation: Any, node: yaml.Node, where: str, fail) -> Any:
     if dataclasses.is_dataclass(annotation):
         if not isinstance(node, yaml.MappingNode):
             fail(node, where, f"expected {_type_name(annotation)}, got {_node_value(node)!r}")
-        return _dataclass_from_node(annotation, node, where, fail)
+        return _dataclass_from_node(annotation, node, where, fail, base)
     if origin is tuple or origin is list:
         if not isinstance(node, yaml.SequenceNode):
             fail(node, where, f"expected a list, got {_node_value(node)!r}")
@@ -392,7 +392,12 @@ def _convert(annotation: Any, node: yaml.Node, where: str, fail) -> Any:
     raise TypeError(f"unsupported profile field type {annotation!r}")
 
 
-def _dataclass_from_node(cls: type, node: yaml.MappingNode, where: str, fail) -> Any:
+def _dataclass_from_node(cls: type, node: yaml.MappingNode, where: str, fail, base: Any = None) -> Any:
+    """``cls`` from a mapping; fields it leaves out keep ``base``'s values (the parent's default).
+
+    So ``steps: {mine: {node_selector: ...}}`` changes mine's node selector and keeps its
+    GPU, CPU and memory, rather than falling back to a CPU step's values.
+    """
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
@@ -401,9 +406,10 @@ def _dataclass_from_node(cls: type, node: yaml.MappingNode, where: str, fail) ->
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
             fail(key_node, path, f"unknown field; allowed: {', '.join(sorted(names))}")
-        values[key] = _convert(hints[key], value_node, path, fail)
+        values[key] = _convert(hints[key], value_node, path, fail,
+                               getattr(base, key) if base is not None else _field_default(cls, key))
     try:
-        return cls(**values)
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
     except TypeError as error:  # a required field left out
         fail(node, where or cls.__name__, str(error))
     except ValueError as error:
@@ -414,6 +420,16 @@ def _dataclass_from_node(cls: type, node: yaml.MappingNode, where: str, fail) ->
         prefix = f"{where}." if where else ""
         fail(line_node, f"{prefix}{field_name}" if ":" in message else (where or cls.__name__),
              message.split(": ", 1)[1] if ":" in message else message)
+
+
+def _field_default(cls: type, name: str) -> Any:
+    for item in dataclasses.fields(cls):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+    return None
 
 
 def parse_cluster_profile(text: str, source: str = "<profile>") -> ClusterProfile:

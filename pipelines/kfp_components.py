@@ -80,6 +80,7 @@ def mine_negatives(
 
     from components.embedding import EncodeConfig
     from components.mine import MineConfig, mine_hard_negatives, parse_range
+    from components.object_store import seal_folder
 
     config = MineConfig(model=model, range_for_sampling=parse_range(negative_range),
                         negative_number=negative_number,
@@ -91,6 +92,8 @@ def mine_negatives(
     shutil.move(str(mined.train), mined_train.path)
     shutil.move(str(mined.test), mined_test.path)
     shutil.move(str(mined.base_embeddings), base_embeddings.path)
+    # The marker goes last: evaluate refuses a cache the artifact store did not hand over whole.
+    seal_folder(base_embeddings.path)
     mined_train.metadata.update(mined.stats["train"])
 
 
@@ -152,9 +155,11 @@ def fine_tune_embedder(
                  deepspeed=deepspeed, gradient_checkpointing=gradient_checkpointing,
                  freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node, seed=seed)
     if train_executor == "local":
+        from components.object_store import seal_folder
         from components.train import TrainConfig, fine_tune
 
         summary = fine_tune(scored_train.path, finetuned_model.path, TrainConfig(**flags)).summary
+        seal_folder(finetuned_model.path)
     else:
         from pipelines.job_launcher import fine_tune_on_cluster
 
@@ -187,8 +192,15 @@ def evaluate_models(
     results: Output[Artifact],
 ):
     """Base vs fine-tuned: recall/MRR@1/5/10 in the test and global pools, separation."""
+    import json
     import shutil
     import tempfile
+
+    from components.object_store import require_complete_folder
+
+    # Before any model loads: a half-uploaded cache or model fails the step in one line.
+    require_complete_folder(base_embeddings.path)
+    require_complete_folder(finetuned_model.path)
 
     from components.embedding import EncodeConfig
     from components.evaluate import EvaluateConfig, evaluate_retrieval
@@ -202,6 +214,108 @@ def evaluate_models(
         # KFP metrics must be numbers; separation is NaN when no test row has negatives.
         if value == value:
             metrics.log_metric(name, float(value))
+    # The same flat metrics as a file, so the artifact store holds them too (searchtune compare
+    # reads them from a run's pipeline root; the KFP UI reads the metadata).
+    with open(metrics.path, "w", encoding="utf-8") as handle:
+        json.dump(metrics.metadata, handle, indent=2)
     shutil.move(str(result.report_md_path), report.path)
     shutil.move(str(result.report_html_path), report_html.path)
     shutil.move(str(result.metrics_path), results.path)
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def gate_promotion(
+    evaluation_metrics: Input[Metrics],
+    min_recall_at_1_gain: float,
+    significance_level: float,
+    max_metric_drop: float,
+    gate_metrics: Output[Metrics],
+    gate_report: Output[Markdown],
+) -> bool:
+    """Promote only on a significant recall@1 gain in both pools with no headline metric falling.
+
+    Returns the decision as the single ``Output`` parameter (what kfp.local resolves in a
+    condition; a named output is not).
+    """
+    import shutil
+    import tempfile
+
+    from components.gate import GateConfig, decide_promotion
+
+    decision = decide_promotion(dict(evaluation_metrics.metadata), tempfile.mkdtemp(prefix="gate-"),
+                                GateConfig(min_recall_at_1_gain=min_recall_at_1_gain,
+                                           significance_level=significance_level, max_metric_drop=max_metric_drop))
+    for name, value in decision.run_metrics.items():
+        gate_metrics.log_metric(name, value)
+    shutil.move(str(decision.report_path), gate_report.path)
+    return decision.promote
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def promote_model(
+    finetuned_model: Input[Model],
+    global_pool: Input[Dataset],
+    mined_test: Input[Dataset],
+    base_model: str,
+    serving_uri: str,
+    served_model_name: str,
+    helm_release: str,
+    helm_namespace: str,
+    helm_chart: str,
+    promoted_model: Output[Model],
+    promotion: Output[Markdown],
+):
+    """Copy the model to the serving location (default: this artifact); upgrade the Helm release."""
+    import os
+    import shlex
+
+    from components.promote import PromoteConfig, promote_model as promote
+
+    # Without a serving location the promoted copy lives in this step's own artifact.
+    os.makedirs(promoted_model.path, exist_ok=True)
+    result = promote(finetuned_model.path, PromoteConfig(
+        serving_uri=serving_uri or promoted_model.path, served_model_name=served_model_name,
+        helm_release=helm_release, helm_namespace=helm_namespace, helm_chart=helm_chart))
+    page = shlex.join(["--ui", "--base-model", base_model, "--corpus", global_pool.path, "--test-data",
+                       mined_test.path])
+    command = f"{result.serve_command} {page}"
+    promoted_model.metadata.update({"model_uri": result.model_uri, "version": result.version,
+                                    "served_model_name": served_model_name, "serve_command": command})
+    lines = [f"# Promoted: `{result.model_uri}`", "", "Serve it here, with the search page:", "",
+             f"    {command}", ""]
+    if helm_release:
+        lines.append(f"Helm release `{helm_release}` (namespace `{helm_namespace}`) upgraded to revision "
+                     f"{result.helm_revision}.")
+    with open(promotion.path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def parity_check(
+    finetuned_model: Input[Model],
+    promoted_model: Input[Model],
+    serving_endpoint: str,
+    parity_metrics: Output[Metrics],
+    parity_report: Output[Markdown],
+):
+    """Served vectors vs the trained model's; without an endpoint, serves the promoted copy here."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    from components.parity import ParityConfig, check_serving_parity
+    from components.serving import ServeConfig, ServerProcess
+
+    name = promoted_model.metadata["served_model_name"]
+    work = tempfile.mkdtemp(prefix="parity-")
+    server = (contextlib.nullcontext() if serving_endpoint else
+              ServerProcess(ServeConfig(model=promoted_model.metadata["model_uri"], served_model_name=name, port=0),
+                            log_path=f"{work}/server.log"))
+    with server:
+        # A ParityError fails the step; its message names what differs.
+        result = check_serving_parity(finetuned_model.path, serving_endpoint or server.base_url, f"{work}/out",
+                                      ParityConfig(served_model_name=name))
+    cosines = [row["cosine"] for row in result.probes]
+    parity_metrics.log_metric("parity_min_cosine", float(min(cosines)))
+    parity_metrics.log_metric("parity_probes", float(len(cosines)))
+    shutil.move(str(result.report_path), parity_report.path)

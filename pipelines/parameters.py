@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from components.gate import GateConfig
+from components.promote import PromoteConfig
 from components.sample_data import SampleDataConfig
 
 
@@ -19,6 +21,9 @@ class PipelineParameters:
     """Every pipeline parameter, typed, with the recipe's values as defaults.
 
     Empty ``train_data`` means the built-in sample data (``sample_queries`` queries).
+    Empty ``serving_uri`` keeps the promoted model in the promote step's own artifact;
+    ``helm_release`` (with an ``s3://`` ``serving_uri``) upgrades the serving chart; empty
+    ``serving_endpoint`` makes the parity step serve the promoted copy itself.
     Paths may be local or ``s3://`` URIs. ``max_negative_score_fraction`` 0 turns the
     false-negative filter off. ``knowledge_distillation`` is auto/on/off; ``precision``
     is auto/fp16/bf16/fp32. ``train_executor`` is where fine-tuning runs: ``local``
@@ -56,6 +61,15 @@ class PipelineParameters:
     freeze_word_embeddings: bool = False
     nproc_per_node: int = 2
     encode_batch_size: int = 256
+    gate_min_recall_at_1_gain: float = GateConfig.min_recall_at_1_gain
+    gate_significance_level: float = GateConfig.significance_level
+    gate_max_metric_drop: float = GateConfig.max_metric_drop
+    serving_uri: str = ""
+    served_model_name: str = PromoteConfig.served_model_name
+    helm_release: str = PromoteConfig.helm_release
+    helm_namespace: str = PromoteConfig.helm_namespace
+    helm_chart: str = PromoteConfig.helm_chart
+    serving_endpoint: str = ""
     train_executor: str = "pytorchjob"
     cluster_profile: str = ""
 

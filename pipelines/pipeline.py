@@ -8,6 +8,10 @@
    in the step's pod or as a PyTorchJob / TrainJob the step launches (``train_executor``).
 5. Evaluate: base vs fine-tuned, recall and MRR @1/5/10 in the test and global pools,
    and the positive/negative similarity separation.
+6. Gate: promote only on a significant recall@1 gain in both pools, no headline metric falling.
+7. Promote (when the gate passes): copy the model to the serving location, upgrade the Helm release.
+8. Parity: the served vectors must be the trained model's (pooling, normalization, truncation,
+   instructions), on a fixed probe set.
 
 Defaults are the recipe's (``pipelines.parameters.RECIPE``); ``searchtune run --local``
 passes the CPU preset.
@@ -20,10 +24,13 @@ from kfp import dsl
 from kfp.dsl import Markdown, Metrics
 
 from pipelines.kfp_components import (
+    parity_check,
     evaluate_models,
     fine_tune_embedder,
     mine_negatives,
     prepare_data,
+    promote_model,
+    gate_promotion,
     score_pairs,
 )
 from pipelines.parameters import RECIPE
@@ -34,6 +41,8 @@ PIPELINE_NAME = "searchtune-finetune-embedder"
 class PipelineOutputs(NamedTuple):
     report: Markdown
     metrics: Metrics
+    gate_report: Markdown
+    gate_metrics: Metrics
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
@@ -67,6 +76,15 @@ def searchtune_pipeline(
     freeze_word_embeddings: bool = RECIPE.freeze_word_embeddings,
     nproc_per_node: int = RECIPE.nproc_per_node,
     encode_batch_size: int = RECIPE.encode_batch_size,
+    gate_min_recall_at_1_gain: float = RECIPE.gate_min_recall_at_1_gain,
+    gate_significance_level: float = RECIPE.gate_significance_level,
+    gate_max_metric_drop: float = RECIPE.gate_max_metric_drop,
+    serving_uri: str = RECIPE.serving_uri,
+    served_model_name: str = RECIPE.served_model_name,
+    helm_release: str = RECIPE.helm_release,
+    helm_namespace: str = RECIPE.helm_namespace,
+    helm_chart: str = RECIPE.helm_chart,
+    serving_endpoint: str = RECIPE.serving_endpoint,
     train_executor: str = RECIPE.train_executor,
     cluster_profile: str = RECIPE.cluster_profile,
 ) -> PipelineOutputs:
@@ -145,4 +163,34 @@ def searchtune_pipeline(
         encode_batch_size=encode_batch_size,
     ).set_display_name("5. evaluate")
 
-    return PipelineOutputs(report=evaluated.outputs["report"], metrics=evaluated.outputs["metrics"])
+    # 6. Quality gate
+    gate = gate_promotion(
+        evaluation_metrics=evaluated.outputs["metrics"],
+        min_recall_at_1_gain=gate_min_recall_at_1_gain,
+        significance_level=gate_significance_level,
+        max_metric_drop=gate_max_metric_drop,
+    ).set_display_name("6. quality gate")
+
+    with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+        # 7. Promote
+        promoted = promote_model(
+            finetuned_model=trained.outputs["finetuned_model"],
+            global_pool=prepared.outputs["global_pool"],
+            mined_test=mined.outputs["mined_test"],
+            base_model=student_model,
+            serving_uri=serving_uri,
+            served_model_name=served_model_name,
+            helm_release=helm_release,
+            helm_namespace=helm_namespace,
+            helm_chart=helm_chart,
+        ).set_display_name("7. promote").set_caching_options(False)
+
+        # 8. Served-vs-trained parity
+        parity_check(
+            finetuned_model=trained.outputs["finetuned_model"],
+            promoted_model=promoted.outputs["promoted_model"],
+            serving_endpoint=serving_endpoint,
+        ).set_display_name("8. parity").set_caching_options(False)
+
+    return PipelineOutputs(report=evaluated.outputs["report"], metrics=evaluated.outputs["metrics"],
+                           gate_report=gate.outputs["gate_report"], gate_metrics=gate.outputs["gate_metrics"])

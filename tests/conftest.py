@@ -100,3 +100,7 @@ def s3_environment(s3_server, monkeypatch):
     for key, value in s3_server.environment.items():
         monkeypatch.setenv(key, value)
     return s3_server
+
+
+# checkov is slow to start: one session-wide scan of the chart, manifests and Dockerfiles.
+from tests.scanners import checkov_scan  # noqa: E402,F401

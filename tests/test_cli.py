@@ -41,7 +41,10 @@ def test_steps_chain_from_the_command_line(tmp_path, tiny_bert, tiny_dataset, ca
     assert (out / "eval" / "report.html").is_file()
 
 
-def test_run_without_local_says_what_to_do(capsys):
+def test_run_without_local_or_a_cluster_says_what_to_do(capsys, monkeypatch, tmp_path):
+    for name in ("KUBECONFIG", "KF_PIPELINES_ENDPOINT", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
     assert main(["run"]) == 2
     assert "--local" in capsys.readouterr().err
 

@@ -43,9 +43,18 @@ training:
     assert profile.steps.mine.cpu_request == "4" and profile.steps.mine.tolerations[0].value == "ml"
     assert profile.training.run_policy.backoff_limit == 5 and profile.training.executor == "trainjob"
     assert profile.steps.score == ClusterProfile().steps.score, "unnamed steps keep their defaults"
+    assert profile.training.gpus_per_node == 8 and profile.training.resources == ClusterProfile().training.resources
     path = tmp_path / "again.yaml"
     path.write_text(profile_to_yaml(profile), encoding="utf-8")
     assert load_cluster_profile(path) == profile
+
+
+def test_a_step_given_in_part_keeps_its_other_defaults():
+    profile = parse_cluster_profile("steps:\n  mine: {node_selector: {gpu-type: h100}}\n")
+    mine, default = profile.steps.mine, ClusterProfile().steps.mine
+    assert mine.node_selector == {"gpu-type": "h100"}
+    assert (mine.accelerator_count, mine.cpu_request, mine.tolerations) == \
+        (default.accelerator_count, default.cpu_request, default.tolerations)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -58,8 +67,10 @@ training:
     ("namespace: Team_A\n", "cluster.yaml:1: namespace: 'Team_A' is not a valid Kubernetes name"),
     ("pipeline_root: /tmp/x\n", "cluster.yaml:1: pipeline_root: must be an s3://bucket/prefix URI"),
     ("s3:\n  secret: x\n", "cluster.yaml:2: s3.secret: unknown field; allowed: access_key_key, endpoint,"),
-    ("steps:\n  score: {accelerator_count: 1}\n",
-     "cluster.yaml:2: steps.score.accelerator_type: required when accelerator_count is above 0"),
+    ("steps:\n  prepare: {accelerator_count: 1}\n",
+     "cluster.yaml:2: steps.prepare.accelerator_type: required when accelerator_count is above 0"),
+    ("steps:\n  mine: {accelerator_count: 0}\n",
+     "cluster.yaml:2: steps.mine.accelerator_count: must be at least 1 when accelerator_type is set"),
     ("training: [1, 2]\n", "cluster.yaml:1: training: expected a mapping, got [1, 2]"),
     ("training: {nodes: 2\n", "cluster.yaml:2: not valid YAML"),
 ])

@@ -17,11 +17,16 @@ pytestmark = pytest.mark.slow
 def test_compiled_pipeline_has_five_cached_steps_and_the_recipe_defaults(tmp_path):
     output = tmp_path / "pipeline.yaml"
     assert main(["compile", "--output", str(output)]) == 0
-    spec = yaml.safe_load(output.read_text(encoding="utf-8"))
+    # The pipeline spec, then the Kubernetes platform spec the cluster profile adds.
+    spec, _ = yaml.safe_load_all(output.read_text(encoding="utf-8"))
     tasks = spec["root"]["dag"]["tasks"]
-    assert sorted(tasks) == ["evaluate-models", "fine-tune-embedder", "mine-negatives", "prepare-data",
-                             "score-pairs"]
-    assert all(task["cachingOptions"].get("enableCache") for task in tasks.values())
+    assert sorted(tasks) == ["condition-1", "evaluate-models", "fine-tune-embedder", "gate-promotion",
+                             "mine-negatives", "prepare-data", "score-pairs"]
+    assert all(task["cachingOptions"].get("enableCache") for name, task in tasks.items() if name != "condition-1")
+    # Promotion and parity run only when the gate passes.
+    assert tasks["condition-1"]["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--gate-promotion-Output'] == true"
+    assert sorted(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == ["parity-check", "promote-model"]
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     for name, value in RECIPE.as_arguments().items():
         assert parameters[name]["defaultValue"] == value, name
@@ -51,6 +56,10 @@ def test_local_run_of_the_whole_pipeline_on_a_small_sample(tmp_path, capsys):
     assert len(models) == 1
     html = list(run_dir.glob("artifacts/*/evaluate-models/report_html"))
     assert html and "<img" in html[0].read_text(encoding="utf-8")
+    # The gate's decision ends the output and is in the run's metrics; a refused model is not promoted.
+    assert "# Quality gate: " in printed and metrics["gate_promote"] in (0.0, 1.0)
+    assert (metrics["gate_promote"] == 1.0) == bool(list(run_dir.glob("artifacts/**/promote-model/promoted_model")))
+    assert (run_dir / "gate.md").read_text(encoding="utf-8").startswith("# Quality gate: ")
 
 
 def test_local_run_reports_bad_training_data_by_file_and_line(tmp_path, capsys):

@@ -248,3 +248,12 @@ def test_the_launcher_side_imports_no_torch_so_it_runs_in_the_small_launcher_ima
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT,
                             env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_profile_compile_passes_as_a_parameter_is_the_profile_the_step_reads():
+    from pipelines.cluster_compile import profile_parameter
+    from pipelines.cluster_profile import parse_cluster_profile
+
+    profile = parse_cluster_profile("training: {executor: trainjob, nodes: 3, tolerations: []}\n"
+                                    "image_pull_secrets: [registry]\n")
+    assert parse_cluster_profile(profile_parameter(profile), "the cluster_profile parameter") == profile
