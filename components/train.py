@@ -27,6 +27,7 @@ import torch
 from components.embedding import cpu_has_native_bf16
 from components.jsonl_files import DataError, atomic_path, read_jsonl_objects, write_json, write_jsonl
 from components.model_profiles import ModelProfile, ResolvedModel, resolve_model, write_model_profile
+from components.replica_environment import ReplicaTopology, in_training_job, thread_environment
 
 logger = logging.getLogger(__name__)
 
@@ -220,21 +221,22 @@ def build_flag_arguments(
     return arguments
 
 
-def build_torchrun_command(config: TrainConfig, flag_arguments: list[str], pytorchjob: bool = False) -> list[str]:
+def build_torchrun_command(config: TrainConfig, flag_arguments: list[str], pytorchjob: bool = False,
+                           environ: dict[str, str] | None = None) -> list[str]:
     """The torchrun command line.
 
     Args:
         config: gives nodes and processes per node.
         flag_arguments: from :func:`build_flag_arguments`.
-        pytorchjob: leave rendezvous to the PET_* and MASTER_* variables a Kubeflow
-            PyTorchJob injects (torchrun reads them), instead of a local standalone run.
+        pytorchjob: take the rendezvous from the variables a Kubeflow PyTorchJob or TrainJob
+            injects (``environ``, default this process's), instead of a local standalone run.
     """
     module = FROZEN_EMBEDDINGS_MODULE if config.freeze_word_embeddings else FLAG_EMBEDDER_MODULE
     launcher = [sys.executable, "-m", "torch.distributed.run"]
     if pytorchjob:
-        # torchrun reads PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE itself, but
-        # takes the master only from PET_MASTER_*, which the operator does not set.
-        rendezvous = ["--master_addr", os.environ["MASTER_ADDR"], "--master_port", os.environ["MASTER_PORT"]]
+        # The Training Operator sets MASTER_* but not PET_MASTER_*, Trainer v2 the reverse:
+        # explicit arguments from whichever is there.
+        rendezvous = ReplicaTopology.from_environment(environ, config.nproc_per_node).torchrun_arguments()
     elif config.nnodes == 1:
         rendezvous = ["--standalone", "--nnodes", "1", "--nproc_per_node", str(config.nproc_per_node)]
     else:
@@ -328,11 +330,15 @@ def fine_tune(
         write_json(deepspeed_file, DEEPSPEED_STAGE0_CONFIG)
 
     trained = work / "model"
+    # Inside a Kubeflow job replica the world size is the job's, not the config's.
+    in_job = in_training_job()
+    topology = ReplicaTopology.from_environment(nproc_per_node=config.nproc_per_node)
+    if in_job:
+        config = replace(config, nnodes=topology.nnodes, nproc_per_node=topology.nproc_per_node)
     flags = build_flag_arguments(config, base, data_file, trained, distill, deepspeed_file, work / "datasets_cache")
-    # Inside a Kubeflow PyTorchJob replica the operator has set the rendezvous variables.
-    command = build_torchrun_command(config, flags, pytorchjob="PET_NNODES" in os.environ)
+    command = build_torchrun_command(config, flags, pytorchjob=in_job)
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.nproc_per_node)))
+    env.update(thread_environment(config.nproc_per_node, env))
     if base.is_local:
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     logger.info("training: %s", " ".join(command))
@@ -354,9 +360,9 @@ def fine_tune(
         "config": asdict(config),
         "command": command,
     }
-    if int(os.environ.get("PET_NODE_RANK", "0")) != 0:
+    if not topology.is_master:
         # Only the first node's main process saves the model (the Trainer's rule).
-        logger.info("node %s done; node 0 writes the model", os.environ["PET_NODE_RANK"])
+        logger.info("node %s done; node 0 writes the model", topology.node_rank)
         shutil.rmtree(work, ignore_errors=True)
         return TrainResult(model_dir=output_dir, summary=summary)
     with atomic_path(output_dir) as staged:

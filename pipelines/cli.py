@@ -87,6 +87,42 @@ def _command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_train_replica(args: argparse.Namespace) -> int:
+    from components.train import TrainConfig
+    from components.train_replica import ReplicaConfig, run_replica
+
+    config = config_from_flags(ReplicaConfig, args, train=config_from_flags(TrainConfig, args))
+    result = run_replica(config)
+    if result.output:
+        print(f"model: {result.output}\nsteps: {result.global_step}")
+    return 0
+
+
+def _command_render_job(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipelines.cluster_profile import load_cluster_profile
+    from pipelines.parameters import PRESETS
+    from pipelines.training_job import placeholder_inputs, render_job, train_arguments
+
+    profile = load_cluster_profile(args.profile)
+    kind = args.kind or profile.training.executor
+    if kind == "local":
+        raise ValueError("--kind: the profile's training.executor is local (no job to render); pass --kind "
+                         "pytorchjob or --kind trainjob")
+    parameters = PRESETS[args.preset].with_overrides(
+        **{key: value for key, value in _typed_overrides(PRESETS[args.preset], args.set or []).items()})
+    values = parameters.as_arguments()
+    values["model"] = values.pop("student_model")
+    inputs = placeholder_inputs(profile, train_arguments(values, profile), args.train_data or "",
+                                args.model_output or "", args.run_id)
+    job = render_job(profile, inputs, kind)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(yaml.safe_dump(job, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    print(args.output)
+    return 0
+
+
 def _command_evaluate(args: argparse.Namespace) -> int:
     from components.evaluate import EvaluateConfig, evaluate_retrieval
 
@@ -175,12 +211,18 @@ def _pipeline_parameters(args: argparse.Namespace):
         value = getattr(args, name)
         if value:
             overrides[name] = value if value.startswith("s3://") else str(Path(value).resolve())
-    for item in args.set or []:
+    preset = PRESETS[args.preset or ("local" if getattr(args, "local", False) else "recipe")]
+    return preset.with_overrides(**_typed_overrides(preset, args.set or [], overrides))
+
+
+def _typed_overrides(preset, items: list[str], overrides: dict | None = None) -> dict:
+    """``--set KEY=VALUE`` items typed like the preset's fields."""
+    overrides = dict(overrides or {})
+    for item in items:
         key, _, raw = item.partition("=")
         if not _:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.replace("-", "_")] = raw
-    preset = PRESETS[args.preset or ("local" if getattr(args, "local", False) else "recipe")]
     typed = {}
     for key, raw in overrides.items():
         current = getattr(preset, key, None)
@@ -190,7 +232,7 @@ def _pipeline_parameters(args: argparse.Namespace):
             typed[key] = type(current)(raw)
         else:
             typed[key] = raw
-    return preset.with_overrides(**typed)
+    return typed
 
 
 def _command_submit(args: argparse.Namespace) -> int:
@@ -347,6 +389,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", required=True)
     add_config_flags(train, TrainConfig)
     train.set_defaults(handler=_command_train)
+
+    replica = commands.add_parser("train-replica", help="one pod of the training job: rows and model from S3, "
+                                  "checkpoints and the fine-tuned model to S3, resumes from the newest checkpoint")
+    replica.add_argument("--train-data", required=True, help="scored rows: an s3:// object or a local JSONL file")
+    replica.add_argument("--output", required=True, help="the fine-tuned model: an s3:// prefix or a local folder "
+                         "(sealed with a completion marker)")
+    from components.train_replica import ReplicaConfig
+
+    add_config_flags(replica, ReplicaConfig, skip=("train_data", "output"))
+    # The job decides nodes and processes per node (PET_* / MASTER_* variables).
+    add_config_flags(replica, TrainConfig, skip=("nnodes", "nproc_per_node"))
+    replica.set_defaults(handler=_command_train_replica)
+
+    render = commands.add_parser("render-job", help="write the training job (PyTorchJob or TrainJob) the launcher "
+                                 "would create, for review or GitOps")
+    render.add_argument("--profile", type=Path, help="cluster profile YAML (default: the recipe's layout)")
+    render.add_argument("--kind", choices=["pytorchjob", "trainjob"], help="default: the profile's training.executor")
+    render.add_argument("--output", type=Path, required=True, help="where to write the job's YAML")
+    render.add_argument("--preset", default="recipe", choices=sorted(PRESETS), help="training parameter preset")
+    render.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a pipeline parameter")
+    render.add_argument("--train-data", help="scored rows' s3:// URI (default: a placeholder under pipeline_root)")
+    render.add_argument("--model-output", help="the model's s3:// URI (default: a placeholder under pipeline_root)")
+    render.add_argument("--run-id", default="example-run", help="the KFP run id in labels and paths")
+    render.set_defaults(handler=_command_render_job)
 
     evaluate = commands.add_parser("evaluate", help="base vs fine-tuned retrieval report")
     evaluate.add_argument("--test-data", required=True)

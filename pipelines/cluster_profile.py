@@ -243,6 +243,10 @@ class TrainingProfile:
         trainjob_runtime: the ClusterTrainingRuntime a TrainJob refers to.
         watch_timeout_s: the launcher gives up (and fails the step) after this long.
         priority_class: the replicas' PriorityClass (empty: the cluster default).
+        job_cleanup: when the launcher deletes the finished job: ``on_success`` keeps a
+            failed one for inspection (``ttl_seconds_after_finished`` removes it later),
+            ``always`` or ``never``; a job the launcher gives up on (deadline, cancelled
+            step) is deleted unless ``never``.
     """
 
     executor: Literal["pytorchjob", "trainjob", "local"] = "pytorchjob"
@@ -259,6 +263,7 @@ class TrainingProfile:
     trainjob_runtime: str = "torch-distributed"
     watch_timeout_s: int = 3 * 24 * 3600
     priority_class: str = ""
+    job_cleanup: Literal["on_success", "always", "never"] = "on_success"
 
     def __post_init__(self) -> None:
         if self.nodes < 1:

@@ -140,27 +140,40 @@ def fine_tune_embedder(
     seed: int,
     finetuned_model: Output[Model],
     training_metrics: Output[Metrics],
+    train_executor: str = "local",
+    cluster_profile: str = "",
+    pipeline_run_id: str = "",
+    pipeline_task_name: str = "",
 ):
-    """FlagEmbedding fine-tuning under torchrun (one node; PyTorchJob on the cluster)."""
-    from components.object_store import seal_folder
-    from components.train import TrainConfig, fine_tune
+    """FlagEmbedding fine-tuning under torchrun: in this pod (``local``), or as a PyTorchJob or
+    TrainJob this step creates, follows and cleans up (the job's Master seals the model at
+    this artifact's own URI, which evaluate then receives unchanged)."""
+    flags = dict(model=model, train_group_size=train_group_size, query_max_len=query_max_len,
+                 passage_max_len=passage_max_len, knowledge_distillation=knowledge_distillation,
+                 learning_rate=learning_rate, temperature=temperature, num_train_epochs=num_train_epochs,
+                 max_steps=max_steps, per_device_train_batch_size=per_device_train_batch_size, precision=precision,
+                 deepspeed=deepspeed, gradient_checkpointing=gradient_checkpointing,
+                 freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node, seed=seed)
+    if train_executor == "local":
+        from components.object_store import seal_folder
+        from components.train import TrainConfig, fine_tune
 
-    config = TrainConfig(model=model, train_group_size=train_group_size, query_max_len=query_max_len,
-                         passage_max_len=passage_max_len, knowledge_distillation=knowledge_distillation,
-                         learning_rate=learning_rate, temperature=temperature,
-                         num_train_epochs=num_train_epochs, max_steps=max_steps,
-                         per_device_train_batch_size=per_device_train_batch_size, precision=precision,
-                         deepspeed=deepspeed, gradient_checkpointing=gradient_checkpointing,
-                         freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node,
-                         seed=seed)
-    result = fine_tune(scored_train.path, finetuned_model.path, config)
-    seal_folder(finetuned_model.path)
+        summary = fine_tune(scored_train.path, finetuned_model.path, TrainConfig(**flags)).summary
+        seal_folder(finetuned_model.path)
+    else:
+        from pipelines.job_launcher import fine_tune_on_cluster
+
+        # Nothing is written at finetuned_model.path, so the KFP launcher uploads nothing over
+        # the sealed folder at finetuned_model.uri.
+        summary = fine_tune_on_cluster(train_executor, cluster_profile, flags, scored_train.uri, finetuned_model.uri,
+                                       pipeline_run_id, pipeline_task_name).summary
     finetuned_model.metadata.update({"base_model": model, "framework": "FlagEmbedding",
-                                     "knowledge_distillation": result.summary["knowledge_distillation"]})
-    if result.summary["final_loss"] is not None:
-        training_metrics.log_metric("final_train_loss", float(result.summary["final_loss"]))
-    if result.summary["train_runtime_s"] is not None:
-        training_metrics.log_metric("train_runtime_s", float(result.summary["train_runtime_s"]))
+                                     "train_executor": train_executor,
+                                     "knowledge_distillation": summary.get("knowledge_distillation")})
+    if summary.get("final_loss") is not None:
+        training_metrics.log_metric("final_train_loss", float(summary["final_loss"]))
+    if summary.get("train_runtime_s") is not None:
+        training_metrics.log_metric("train_runtime_s", float(summary["train_runtime_s"]))
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)

@@ -26,7 +26,10 @@ class PipelineParameters:
     ``serving_endpoint`` makes the parity step serve the promoted copy itself.
     Paths may be local or ``s3://`` URIs. ``max_negative_score_fraction`` 0 turns the
     false-negative filter off. ``knowledge_distillation`` is auto/on/off; ``precision``
-    is auto/fp16/bf16/fp32.
+    is auto/fp16/bf16/fp32. ``train_executor`` is where fine-tuning runs: ``local``
+    (torchrun in the step's own pod), ``pytorchjob`` (a Kubeflow PyTorchJob) or
+    ``trainjob`` (a Kubeflow Trainer v2 TrainJob); ``cluster_profile`` is the cluster
+    profile's YAML text for the job (empty: the recipe's layout).
     """
 
     train_data: str = ""
@@ -67,6 +70,8 @@ class PipelineParameters:
     helm_namespace: str = PromoteConfig.helm_namespace
     helm_chart: str = PromoteConfig.helm_chart
     serving_endpoint: str = ""
+    train_executor: str = "pytorchjob"
+    cluster_profile: str = ""
 
     def as_arguments(self) -> dict:
         return asdict(self)
@@ -96,6 +101,7 @@ LOCAL = RECIPE.with_overrides(
     gradient_checkpointing=False,
     freeze_word_embeddings=True,
     nproc_per_node=1,
+    train_executor="local",
 )
 
 PRESETS: dict[str, PipelineParameters] = {"recipe": RECIPE, "local": LOCAL}

@@ -4,7 +4,8 @@
    with no query or positive in both splits, build the global pool, write a data report.
 2. Mine: hard negatives from the base model's own ranking (FAISS, ranks 2-200, 10 per query).
 3. Score: a teacher scores every (query, passage) pair: soft labels for distillation.
-4. Fine-tune: FlagEmbedding's encoder-only embedder under torchrun (DeepSpeed on the cluster).
+4. Fine-tune: FlagEmbedding's encoder-only embedder under torchrun (DeepSpeed on the cluster),
+   in the step's pod or as a PyTorchJob / TrainJob the step launches (``train_executor``).
 5. Evaluate: base vs fine-tuned, recall and MRR @1/5/10 in the test and global pools,
    and the positive/negative similarity separation.
 6. Gate: promote only on a significant recall@1 gain in both pools, no headline metric falling.
@@ -84,6 +85,8 @@ def searchtune_pipeline(
     helm_namespace: str = RECIPE.helm_namespace,
     helm_chart: str = RECIPE.helm_chart,
     serving_endpoint: str = RECIPE.serving_endpoint,
+    train_executor: str = RECIPE.train_executor,
+    cluster_profile: str = RECIPE.cluster_profile,
 ) -> PipelineOutputs:
     # 1. Prepare
     prepared = prepare_data(
@@ -142,6 +145,10 @@ def searchtune_pipeline(
         freeze_word_embeddings=freeze_word_embeddings,
         nproc_per_node=nproc_per_node,
         seed=seed,
+        train_executor=train_executor,
+        cluster_profile=cluster_profile,
+        pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        pipeline_task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
     ).set_display_name("4. fine-tune")
 
     # 5. Evaluate base vs fine-tuned

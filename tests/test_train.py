@@ -172,11 +172,7 @@ def test_two_nodes_with_the_variables_a_pytorchjob_injects(tmp_path, tiny_bert):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2",
                "RANK": str(rank), "PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1",
                "OMP_NUM_THREADS": "1"}
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        try:
-            command = build_torchrun_command(config, flags, pytorchjob=True)
-        finally:
-            del os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+        command = build_torchrun_command(config, flags, pytorchjob=True, environ=env)
         log = (tmp_path / f"node{rank}.log").open("w")
         processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     for process, log in processes:
