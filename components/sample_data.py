@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from components.config_values import check_config
 from components.jsonl_files import write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class SampleDataConfig:
     max_positives_per_query: int = 3
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be at least 1, got {self.num_queries}")
         if not (0.0 <= self.distractors_per_query <= 20.0):
