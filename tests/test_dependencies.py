@@ -63,3 +63,23 @@ def test_every_third_party_import_is_a_declared_runtime_dependency():
             problems.append(f"{where}: {module} ({', '.join(sorted(owners))}): {kind}")
     assert not problems, "imports that `pip install .` does not bring:\n" + "\n".join(problems)
 
+
+def test_the_wheel_ships_the_data_files_the_steps_read(tmp_path):
+    """`pip install .` installs what a wheel holds: the sample vocabulary must be in it."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    # A copy of the sources: setuptools writes build/ and *.egg-info beside what it builds.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, source / name)
+    for package in PACKAGES:
+        shutil.copytree(REPO_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(tmp_path / "wheel"), str(source)], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "wheel").glob("searchtune-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    data_files = {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "components" / "sample_vocabulary").glob("*.json")}
+    assert data_files and data_files <= shipped, sorted(data_files - shipped)
