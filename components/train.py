@@ -389,8 +389,10 @@ def _train_in(work: Path, rows: list[dict], distill: bool, base: ResolvedModel, 
     losses = [r["loss"] for r in records if "loss" in r]
     runtime = next((r for r in records if "train_runtime" in r), {})
     final_loss = losses[-1] if losses else runtime.get("train_loss")
-    # The Trainer reports a train_loss of 0 when it took no step at all.
-    if final_loss is None or final_loss != final_loss or (not losses and final_loss == 0):
+    node_rank = int(os.environ.get("PET_NODE_RANK", "0"))
+    # The Trainer logs on the first node only, and reports a train_loss of 0 when it took
+    # no step at all.
+    if node_rank == 0 and (final_loss is None or final_loss != final_loss or (not losses and final_loss == 0)):
         raise ValueError(
             f"training logged no loss, so nothing was learned and no model is written (optimizer steps per "
             f"epoch: {data_summary['steps_per_epoch']}, max_steps: {config.max_steps}); the trainer's output is above")
@@ -409,7 +411,7 @@ def _train_in(work: Path, rows: list[dict], distill: bool, base: ResolvedModel, 
         "config": asdict(config),
         "command": command,
     }
-    if int(os.environ.get("PET_NODE_RANK", "0")) != 0:
+    if node_rank != 0:
         # Only the first node's main process saves the model (the Trainer's rule).
         logger.info("node %s done; node 0 writes the model", os.environ["PET_NODE_RANK"])
         return TrainResult(model_dir=output_dir, summary=summary)

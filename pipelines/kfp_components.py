@@ -190,7 +190,8 @@ def fine_tune_embedder(
                                      "knowledge_distillation": summary["knowledge_distillation"],
                                      "normalize": summary["profile"]["normalize"],
                                      "pooling": summary["profile"]["pooling"]})
-    training_metrics.log_metric("final_train_loss", float(summary["final_loss"]))
+    if summary["final_loss"] is not None:  # None on a PyTorchJob node other than the first
+        training_metrics.log_metric("final_train_loss", float(summary["final_loss"]))
     training_metrics.log_metric("rows_short_of_negatives", float(summary["rows_short_of_negatives"]))
     if summary["train_runtime_s"] is not None:
         training_metrics.log_metric("train_runtime_s", float(summary["train_runtime_s"]))
