@@ -102,7 +102,7 @@ def parse_value(name: str, annotation: Any, raw: Any) -> Any:
         return value
     if origin is tuple:
         items = get_args(inner)
-        parts = [part for part in text.replace(",", " ").split()]
+        parts = text.replace(",", " ").split()
         if len(items) == 2 and items[1] is Ellipsis:
             return tuple(parse_value(name, items[0], part) for part in parts)
         if len(parts) != len(items):

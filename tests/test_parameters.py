@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 import typing
 from typing import get_args, get_origin, get_type_hints
 
@@ -25,7 +26,7 @@ KFP_TYPES = {str, int, float, bool}
 
 def _base_type(annotation):
     """The KFP type a config field's annotation travels as."""
-    if get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in get_args(annotation) if a is not type(None))
     if get_origin(annotation) is typing.Literal:
         return type(get_args(annotation)[0])
