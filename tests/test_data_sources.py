@@ -88,7 +88,7 @@ def test_empty_training_data_means_the_builtin_sample(tmp_path):
     assert len(rows) == SampleDataConfig().num_queries and inputs.corpus is not None and inputs.test is None
 
 
-def test_missing_local_file_and_bad_uri_are_named(tmp_path):
+def test_missing_local_file_and_bad_uri_are_named(tmp_path, capsys):
     with pytest.raises(DataError, match="nowhere.jsonl: file not found"):
         resolve_training_inputs(str(tmp_path / "nowhere.jsonl"), "", "", tmp_path)
     with pytest.raises(DataError, match="is a folder"):
@@ -97,3 +97,11 @@ def test_missing_local_file_and_bad_uri_are_named(tmp_path):
         resolve_training_inputs("s3://only-bucket", "", "", tmp_path)
     with pytest.raises(ValueError, match="s3://bucket/key"):
         split_s3_uri("s3://only-bucket")
+    missing = tmp_path / "nowhere.jsonl"
+    for command in (["mine", "--train-data", str(missing)], ["score", "--train-data", str(missing)],
+                    ["train", "--train-data", str(missing)],
+                    ["evaluate", "--test-data", str(missing), "--corpus", str(missing), "--base-model", "m",
+                     "--finetuned-model", "m"]):
+        assert main(command + ["--output-dir", str(tmp_path / "out")]) == 2, command
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"searchtune: error: {missing}: file not found"], (command, lines)
