@@ -15,18 +15,35 @@ SEARCHTUNE_IMAGE = os.environ.get("SEARCHTUNE_IMAGE", "ghcr.io/searchtune/search
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def fingerprint_inputs(train_data: str, test_data: str, corpus: str) -> str:
+    """What the input locations hold now (S3: ETag, size, mtime; files: SHA-256).
+
+    Runs uncached in every run; prepare takes its output as a parameter, so prepare's cache
+    key (and everything after it) follows the data, not the URI.
+    """
+    from components.data_sources import fingerprint_inputs as fingerprint
+
+    return fingerprint([train_data, test_data, corpus])
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
 def prepare_data(
     train_data: str,
     test_data: str,
     corpus: str,
+    input_fingerprint: str,
     sample_queries: int,
     sample_seed: int,
     test_fraction: float,
     seed: int,
     skip_invalid: bool,
-    model: str,
+    student_model: str,
     query_max_len: int,
     passage_max_len: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     train_set: Output[Dataset],
     test_set: Output[Dataset],
     global_pool: Output[Dataset],
@@ -39,20 +56,19 @@ def prepare_data(
     from components.data_sources import resolve_training_inputs
     from components.prepare import PrepareConfig, prepare_training_data
     from components.sample_data import SampleDataConfig
+    from pipelines.parameters import step_config
 
+    # Checked before any work; input_fingerprint is here for the cache key only.
+    config, sample = step_config(PrepareConfig, locals()), step_config(SampleDataConfig, locals())
     work = tempfile.mkdtemp(prefix="prepare-")
-    inputs = resolve_training_inputs(train_data, test_data, corpus, work,
-                                     SampleDataConfig(seed=sample_seed, num_queries=sample_queries))
-    prepared = prepare_training_data(
-        inputs.train, f"{work}/out",
-        PrepareConfig(test_fraction=test_fraction, seed=seed, skip_invalid=skip_invalid, model=model,
-                      query_max_len=query_max_len, passage_max_len=passage_max_len),
-        test_path=inputs.test, corpus_path=inputs.corpus)
+    inputs = resolve_training_inputs(train_data, test_data, corpus, work, sample)
+    prepared = prepare_training_data(inputs.train, f"{work}/out", config, test_path=inputs.test,
+                                     corpus_path=inputs.corpus)
     for source, artifact in ((prepared.train, train_set), (prepared.test, test_set),
                              (prepared.corpus, global_pool), (prepared.report_markdown, data_report)):
         shutil.move(str(source), artifact.path)
     counts = prepared.report["counts"]
-    train_set.metadata.update({"rows": counts["train_queries"]})
+    train_set.metadata.update({"rows": counts["train_queries"], "input_fingerprint": input_fingerprint})
     test_set.metadata.update({"rows": counts["test_queries"]})
     global_pool.metadata.update({"passages": counts["global_pool_passages"]})
 
@@ -62,7 +78,7 @@ def mine_negatives(
     train_set: Input[Dataset],
     test_set: Input[Dataset],
     global_pool: Input[Dataset],
-    model: str,
+    student_model: str,
     negative_range: str,
     negative_number: int,
     max_negative_score_fraction: float,
@@ -70,6 +86,10 @@ def mine_negatives(
     query_max_len: int,
     passage_max_len: int,
     encode_batch_size: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     mined_train: Output[Dataset],
     mined_test: Output[Dataset],
     base_embeddings: Output[Artifact],
@@ -78,15 +98,11 @@ def mine_negatives(
     import shutil
     import tempfile
 
-    from components.embedding import EncodeConfig
-    from components.mine import MineConfig, mine_hard_negatives, parse_range
+    from components.mine import MineConfig, mine_hard_negatives
     from components.object_store import seal_folder
+    from pipelines.parameters import step_config
 
-    config = MineConfig(model=model, range_for_sampling=parse_range(negative_range),
-                        negative_number=negative_number,
-                        max_negative_score_fraction=max_negative_score_fraction or None, seed=seed,
-                        query_max_len=query_max_len, passage_max_len=passage_max_len,
-                        encode=EncodeConfig(batch_size=encode_batch_size))
+    config = step_config(MineConfig, locals())
     mined = mine_hard_negatives(train_set.path, tempfile.mkdtemp(prefix="mine-"), config,
                                 test_path=test_set.path, corpus_path=global_pool.path)
     shutil.move(str(mined.train), mined_train.path)
@@ -100,29 +116,48 @@ def mine_negatives(
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
 def score_pairs(
     mined_train: Input[Dataset],
+    base_embeddings: Input[Artifact],
+    student_model: str,
     teacher: str,
     teacher_model: str,
+    teacher_temperature: float,
+    cross_encoder_scores: str,
+    temperature: float,
+    query_max_len: int,
+    passage_max_len: int,
     encode_batch_size: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     scored_train: Output[Dataset],
 ):
     """Teacher scores for every (query, passage) pair: the soft labels for distillation."""
+    import dataclasses
+    import json
     import shutil
     import tempfile
 
-    from components.embedding import EncodeConfig
-    from components.score import ScoreConfig, score_with_teacher
+    from components.model_profiles import ProfileOverrides
+    from components.score import METADATA_FILENAME, ScoreConfig, score_with_teacher
+    from pipelines.parameters import step_config
 
-    config = ScoreConfig(teacher=teacher, teacher_model=teacher_model,
-                         encode=EncodeConfig(batch_size=encode_batch_size))
-    shutil.move(str(score_with_teacher(mined_train.path, tempfile.mkdtemp(prefix="score-"), config)),
-                scored_train.path)
-    scored_train.metadata.update({"teacher": teacher, "teacher_model": teacher_model})
+    config = step_config(ScoreConfig, locals())
+    if teacher_model != student_model:
+        # The profile overrides describe the student; another teacher keeps its own profile.
+        config = dataclasses.replace(config, profile=ProfileOverrides())
+    scored = score_with_teacher(mined_train.path, tempfile.mkdtemp(prefix="score-"), config,
+                                pool_embeddings=base_embeddings.path)
+    metadata = json.loads((scored.parent / METADATA_FILENAME).read_text(encoding="utf-8"))
+    shutil.move(str(scored), scored_train.path)
+    # What the scores mean (teacher, temperature, scale) travels with the artifact.
+    scored_train.metadata.update({key: value for key, value in metadata.items() if key != "config"})
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
 def fine_tune_embedder(
     scored_train: Input[Dataset],
-    model: str,
+    student_model: str,
     train_group_size: int,
     query_max_len: int,
     passage_max_len: int,
@@ -138,6 +173,10 @@ def fine_tune_embedder(
     freeze_word_embeddings: bool,
     nproc_per_node: int,
     seed: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     finetuned_model: Output[Model],
     training_metrics: Output[Metrics],
     train_executor: str = "local",
@@ -148,32 +187,46 @@ def fine_tune_embedder(
     """FlagEmbedding fine-tuning under torchrun: in this pod (``local``), or as a PyTorchJob or
     TrainJob this step creates, follows and cleans up (the job's Master seals the model at
     this artifact's own URI, which evaluate then receives unchanged)."""
-    flags = dict(model=model, train_group_size=train_group_size, query_max_len=query_max_len,
-                 passage_max_len=passage_max_len, knowledge_distillation=knowledge_distillation,
-                 learning_rate=learning_rate, temperature=temperature, num_train_epochs=num_train_epochs,
-                 max_steps=max_steps, per_device_train_batch_size=per_device_train_batch_size, precision=precision,
-                 deepspeed=deepspeed, gradient_checkpointing=gradient_checkpointing,
-                 freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node, seed=seed)
+    import json
+
     if train_executor == "local":
         from components.object_store import seal_folder
         from components.train import TrainConfig, fine_tune
+        from pipelines.parameters import step_config
 
-        summary = fine_tune(scored_train.path, finetuned_model.path, TrainConfig(**flags)).summary
+        summary = fine_tune(scored_train.path, finetuned_model.path, step_config(TrainConfig, locals())).summary
         seal_folder(finetuned_model.path)
     else:
+        # The launcher image has no torch: the replicas build and check the TrainConfig.
         from pipelines.job_launcher import fine_tune_on_cluster
 
+        flags = dict(model=student_model, train_group_size=train_group_size, query_max_len=query_max_len,
+                     passage_max_len=passage_max_len, knowledge_distillation=knowledge_distillation,
+                     learning_rate=learning_rate, temperature=temperature, num_train_epochs=num_train_epochs,
+                     max_steps=max_steps, per_device_train_batch_size=per_device_train_batch_size,
+                     precision=precision, deepspeed=deepspeed, gradient_checkpointing=gradient_checkpointing,
+                     freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node, seed=seed,
+                     pooling=pooling, normalize=normalize, query_instruction=query_instruction,
+                     passage_instruction=passage_instruction)
         # Nothing is written at finetuned_model.path, so the KFP launcher uploads nothing over
         # the sealed folder at finetuned_model.uri.
         summary = fine_tune_on_cluster(train_executor, cluster_profile, flags, scored_train.uri, finetuned_model.uri,
                                        pipeline_run_id, pipeline_task_name).summary
-    finetuned_model.metadata.update({"base_model": model, "framework": "FlagEmbedding",
+    profile = summary.get("profile") or {}
+    finetuned_model.metadata.update({"base_model": student_model, "framework": "FlagEmbedding",
                                      "train_executor": train_executor,
-                                     "knowledge_distillation": summary.get("knowledge_distillation")})
-    if summary.get("final_loss") is not None:
+                                     "knowledge_distillation": summary.get("knowledge_distillation"),
+                                     "normalize": profile.get("normalize"), "pooling": profile.get("pooling")})
+    if summary.get("final_loss") is not None:  # None on a PyTorchJob node other than the first
         training_metrics.log_metric("final_train_loss", float(summary["final_loss"]))
+    if summary.get("rows_short_of_negatives") is not None:
+        training_metrics.log_metric("rows_short_of_negatives", float(summary["rows_short_of_negatives"]))
     if summary.get("train_runtime_s") is not None:
         training_metrics.log_metric("train_runtime_s", float(summary["train_runtime_s"]))
+    # kfp.local reuses a cached task only while every output artifact's file exists; a
+    # Metrics artifact lives in its metadata, so its file holds the same values.
+    with open(training_metrics.path, "w", encoding="utf-8") as handle:
+        json.dump(training_metrics.metadata, handle, indent=2)
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
@@ -214,8 +267,8 @@ def evaluate_models(
         # KFP metrics must be numbers; separation is NaN when no test row has negatives.
         if value == value:
             metrics.log_metric(name, float(value))
-    # The same flat metrics as a file, so the artifact store holds them too (searchtune compare
-    # reads them from a run's pipeline root; the KFP UI reads the metadata).
+    # The same flat metrics as a file: kfp.local reuses a cached task only while every output
+    # artifact's file exists, and searchtune compare reads them from a run's pipeline root.
     with open(metrics.path, "w", encoding="utf-8") as handle:
         json.dump(metrics.metadata, handle, indent=2)
     shutil.move(str(result.report_md_path), report.path)

@@ -61,8 +61,13 @@ def test_brief_fine_tune_improves_recall_at_1(cmrc_slice, tmp_path):
                                            negative_number=p.negative_number, query_max_len=p.query_max_len,
                                            passage_max_len=p.passage_max_len, encode=encode),
                                 test_path=prepared.test, corpus_path=prepared.corpus)
+    # As in the pipeline: the teacher reads the pipeline's lengths, so the embedding teacher
+    # (the student model) takes mine's passage vectors instead of encoding them again.
     scored = score_with_teacher(mined.train, tmp_path / "scored",
-                                ScoreConfig(teacher=p.teacher, teacher_model=p.teacher_model, encode=encode))
+                                ScoreConfig(teacher=p.teacher, teacher_model=p.teacher_model,
+                                            query_max_len=p.query_max_len, passage_max_len=p.passage_max_len,
+                                            encode=encode),
+                                pool_embeddings=mined.base_embeddings)
     trained = fine_tune(scored, tmp_path / "model", TrainConfig(
         model=p.student_model, train_group_size=p.train_group_size, query_max_len=p.query_max_len,
         passage_max_len=p.passage_max_len, knowledge_distillation=p.knowledge_distillation,
