@@ -32,7 +32,7 @@ from typing import Mapping
 
 from components.checkpoint_store import CheckpointStore
 from components.jsonl_files import DataError, atomic_path, read_jsonl_objects, write_json, write_jsonl
-from components.model_profiles import resolve_model, write_model_profile
+from components.model_profiles import ProfileOverrides, resolve_model, write_model_profile
 from components.object_store import copy_folder, download_file, download_folder, is_complete_folder, is_s3_uri
 from components.replica_environment import ReplicaTopology, thread_environment
 from components.train import (
@@ -119,12 +119,12 @@ def _fetch_rows(location: str, work: Path) -> tuple[list[dict], Path]:
         raise DataError(location, error.line, error.field, error.problem) from None
 
 
-def _fetch_model(name: str, work: Path):
+def _fetch_model(name: str, work: Path, overrides: ProfileOverrides):
     if is_s3_uri(name):
         # The folder keeps the model's own name, which is how a profile is recognized.
         local = download_folder(name, work / "base" / name.rstrip("/").rsplit("/", 1)[-1])
-        return replace(resolve_model(local), name=name)
-    return resolve_model(name)
+        return replace(resolve_model(local, overrides), name=name)
+    return resolve_model(name, overrides)
 
 
 def _global_step(model_dir: Path) -> int | None:
@@ -161,7 +161,7 @@ def run_replica(config: ReplicaConfig, environ: Mapping[str, str] | None = None)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     rows, rows_path = _fetch_rows(config.train_data, work)
-    base = _fetch_model(train.model, work)
+    base = _fetch_model(train.model, work, train.profile)
     profile = base.profile.with_max_lengths(train.query_max_len, train.passage_max_len)
     base = replace(base, profile=profile)
     prepared, distill = _training_rows(rows, config.train_data if is_s3_uri(config.train_data) else rows_path,

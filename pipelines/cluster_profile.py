@@ -125,6 +125,8 @@ class StepsProfile:
     """Resources per pipeline step.
 
     Attributes:
+        fingerprint: what the data locations hold now, for the cache key (CPU, S3 HEAD
+            requests or a file hash).
         prepare: validate and split (CPU).
         mine: encode the pool and search (one GPU).
         score: the cross-encoder teacher (one GPU).
@@ -136,6 +138,9 @@ class StepsProfile:
         parity: compares served and trained vectors (CPU).
     """
 
+    fingerprint: StepResources = field(default_factory=lambda: StepResources(cpu_request="250m", cpu_limit="1",
+                                                                              memory_request="512Mi",
+                                                                              memory_limit="1Gi"))
     prepare: StepResources = field(default_factory=lambda: StepResources(cpu_request="2", cpu_limit="4",
                                                                           memory_request="8Gi",
                                                                           memory_limit="16Gi"))

@@ -53,11 +53,12 @@ def test_every_step_gets_its_image_resources_scheduling_and_s3_settings(tmp_path
     executors = spec["deploymentSpec"]["executors"]
     assert spec["defaultPipelineRoot"] == "s3://ml-artifacts/searchtune"
     assert sorted(executors) == sorted(kubernetes) == [
-        "exec-evaluate-models", "exec-fine-tune-embedder", "exec-gate-promotion", "exec-mine-negatives",
-        "exec-parity-check", "exec-prepare-data", "exec-promote-model", "exec-score-pairs"]
+        "exec-evaluate-models", "exec-fine-tune-embedder", "exec-fingerprint-inputs", "exec-gate-promotion",
+        "exec-mine-negatives", "exec-parity-check", "exec-prepare-data", "exec-promote-model", "exec-score-pairs"]
 
     images = {name: e["container"]["image"] for name, e in executors.items()}
-    assert images == {"exec-prepare-data": "registry.local/st:2@sha256:0123",
+    assert images == {"exec-fingerprint-inputs": "registry.local/st:2@sha256:0123",
+                      "exec-prepare-data": "registry.local/st:2@sha256:0123",
                       "exec-mine-negatives": "registry.local/st:2@sha256:0123",
                       "exec-score-pairs": "registry.local/st:2@sha256:0123",
                       "exec-evaluate-models": "registry.local/st:2@sha256:0123",

@@ -20,7 +20,9 @@ from pipelines.cli import main
 from pipelines.parameters import LOCAL, RECIPE, PipelineParameters, parameter_sources, step_config
 from pipelines.pipeline import searchtune_pipeline
 
-PIPELINE_ONLY = {"train_data", "test_data", "corpus"}
+# Parameters no step config holds: the data locations, the endpoint parity checks, and the
+# cluster profile's YAML text (the launcher parses it).
+PIPELINE_ONLY = {"train_data", "test_data", "corpus", "serving_endpoint", "cluster_profile"}
 KFP_TYPES = {str, int, float, bool}
 
 
@@ -64,7 +66,8 @@ def test_the_pipeline_takes_exactly_these_parameters_with_these_defaults():
 
 def test_component_parameters_are_pipeline_parameters():
     """Each step's component takes the pipeline's own names, so step_config maps them."""
-    known = set(RECIPE.as_arguments()) | {"input_fingerprint"}
+    # The fingerprint is prepare's cache key; the run id and task name are KFP placeholders.
+    known = set(RECIPE.as_arguments()) | {"input_fingerprint", "pipeline_run_id", "pipeline_task_name"}
     for component in (kfp_components.prepare_data, kfp_components.mine_negatives, kfp_components.score_pairs,
                       kfp_components.fine_tune_embedder):
         names = set(component.component_spec.inputs or {})

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import build_tiny_bert
 from tests.http_servers import ThreadedServer
 
-from components.model_profiles import PROFILE_FILENAME
+from components.encoding_profiles import PROFILE_FILENAME
 from components.parity import PROBES_PATH, ParityConfig, ParityError, check_serving_parity
 from components.serving import ServeConfig, free_port
 from pipelines.cli import main
@@ -66,10 +66,11 @@ def test_a_mean_pooled_model_served_with_cls_pooling_fails_and_pooling_is_named(
 
 
 def test_lost_profile_no_normalization_and_a_short_limit_are_each_named(tiny_e5, tmp_path, tmp_path_factory):
-    # A copy without searchtune_profile.json: the server falls back to the sentence-transformers
-    # files (mean pooling, no instructions); normalization off; passages cut at 32 tokens.
+    # A copy without searchtune_profile.json and the sentence-transformers prompts: the server
+    # falls back to the pooling config (mean pooling, no instructions); normalization off;
+    # passages cut at 32 tokens.
     copy = tmp_path_factory.mktemp("copy") / "tiny-e5"
-    shutil.copytree(tiny_e5, copy, ignore=shutil.ignore_patterns(PROFILE_FILENAME))
+    shutil.copytree(tiny_e5, copy, ignore=shutil.ignore_patterns(PROFILE_FILENAME, "config_sentence_transformers.json"))
     with _server(copy, normalize=False, passage_max_len=32) as server:
         with pytest.raises(ParityError):
             check_serving_parity(str(tiny_e5), server.base_url, tmp_path,

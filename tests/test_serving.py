@@ -231,4 +231,4 @@ def test_serve_refuses_bad_options_with_exit_code_2(capsys, tmp_path):
     assert main(["serve", "--model", str(tmp_path), "--ui"]) == 2
     assert "--ui needs --corpus" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path / "missing-model")]) == 2
-    assert "cannot load model" in capsys.readouterr().err
+    assert "missing-model': no such folder" in capsys.readouterr().err

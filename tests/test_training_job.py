@@ -222,7 +222,7 @@ def test_render_job_writes_a_valid_job_for_each_kind(tmp_path, capsys):
      "cluster.yaml:2: training.gpus_per_node: expected an integer, got 'two'"),
     ("training:\n  executor: local\n", [], "--kind: the profile's training.executor is local"),
     ("", ["--preset", "local"], "nproc_per_node=1 but the cluster profile gives training.gpus_per_node=2"),
-    ("", ["--set", "no_such=1"], "unknown pipeline parameters: no_such"),
+    ("", ["--set", "no_such=1"], "unknown pipeline parameter 'no_such'"),
 ])
 def test_render_job_refuses_bad_input_in_one_line(tmp_path, capsys, profile_text, arguments, message):
     profile = tmp_path / "cluster.yaml"
