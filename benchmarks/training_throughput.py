@@ -41,6 +41,9 @@ SETTINGS: dict[str, dict] = {
     "freeze + passages 64": {"freeze_word_embeddings": True, "passage_max_len": 64},
     "freeze + 2 processes (gloo)": {"freeze_word_embeddings": True, "nproc_per_node": 2,
                                     "per_device_train_batch_size": 2},
+    "freeze + group 4, batch 32": {"freeze_word_embeddings": True, "train_group_size": 4,
+                                   "per_device_train_batch_size": 32},
+    "freeze + group 8, batch 16": {"freeze_word_embeddings": True, "per_device_train_batch_size": 16},
 }
 
 
@@ -74,11 +77,14 @@ def main() -> int:
             config = TrainConfig(model=MODEL, max_steps=args.steps, deepspeed=False, gradient_checkpointing=False,
                                  nproc_per_node=settings.pop("nproc_per_node", 1), logging_steps=args.steps,
                                  save_steps=10**6, **settings)
-            started = time.time()
-            summary = fine_tune(data, work / name.replace(" ", "_"), config).summary
+            started, load_before = time.time(), os.getloadavg()[0]
+            summary = fine_tune(data, work / name.replace(" ", "_").replace(",", ""), config).summary
+            # The machine may be shared: the load average before and after tells a reader
+            # whether a setting ran against other work.
             results.append({"setting": name, "overrides": overrides, "samples_per_second":
                             summary["train_samples_per_second"], "train_runtime_s": summary["train_runtime_s"],
-                            "wall_s": round(time.time() - started, 1)})
+                            "wall_s": round(time.time() - started, 1),
+                            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]})
 
     reference = results[0]["samples_per_second"]
     table = Table(title=f"FlagEmbedding training throughput, e5-small, {args.steps} steps")

@@ -1,0 +1,256 @@
+"""Study: which levers of the local recipe raise retrieval quality on cmrc_drcd_zh.
+
+Settings are chosen on a **validation split carved from the training queries** (prepare's
+own group-aware split: queries sharing a positive stay on one side), never on the test
+split. Each trial runs the pipeline's own step functions (mine, score, fine-tune, evaluate)
+on the first ``--train-queries`` training queries and evaluates on the validation queries
+against the whole corpus (the global pool), so trials fit a 2-core machine. A trial is a set
+of overrides of the local preset (``pipelines.parameters.LOCAL``); mined and scored rows are
+shared between trials that agree on them.
+
+Each trial's validation figures are compared query by query with the base model and with
+the study's reference trial (paired randomization test, as the evaluate step does).
+Results accumulate in ``benchmarks/results/recipe_study.json`` (one record per trial and
+training-set size; rerunning a trial replaces its record).
+
+    python benchmarks/recipe_study.py --train-queries 2000 --trials reference range_2_30
+    python benchmarks/recipe_study.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.local_pipeline import machine  # noqa: E402
+from components.embedding import EncodeConfig  # noqa: E402
+from components.evaluate import EvaluateConfig, evaluate_retrieval, per_query_values  # noqa: E402
+from components.mine import MineConfig, mine_hard_negatives, parse_range  # noqa: E402
+from components.prepare import PrepareConfig, prepare_training_data  # noqa: E402
+from components.score import ScoreConfig, score_with_teacher  # noqa: E402
+from components.significance import compare_paired  # noqa: E402
+from components.train import TrainConfig, fine_tune  # noqa: E402
+from pipelines.parameters import LOCAL  # noqa: E402
+
+logger = logging.getLogger("benchmarks.recipe_study")
+
+VALIDATION_FRACTION = 0.15
+REFERENCE = "reference"
+# Trials: overrides of the local preset's pipeline parameters, plus two study-only knobs
+# (warmup_ratio, a TrainConfig field the pipeline does not expose; teacher_temperature).
+TRIALS: dict[str, dict] = {
+    REFERENCE: {"knowledge_distillation": "off"},
+    "kd_embedding": {"knowledge_distillation": "on"},
+    "range_2_30": {"knowledge_distillation": "off", "negative_range": "2-30"},
+    "range_2_100": {"knowledge_distillation": "off", "negative_range": "2-100"},
+    "range_2_15": {"knowledge_distillation": "off", "negative_range": "2-15"},
+}
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _parameters(overrides: dict):
+    study_only = {k: v for k, v in overrides.items() if k in ("warmup_ratio", "teacher_temperature")}
+    return LOCAL.with_overrides(**{k: v for k, v in overrides.items() if k not in study_only}), study_only
+
+
+def _encode(parameters) -> EncodeConfig:
+    return EncodeConfig(batch_size=parameters.encode_batch_size, show_progress=False)
+
+
+def _split(data_dir: Path, work: Path) -> Path:
+    folder = work / "validation_split"
+    if not (folder / "test.jsonl").is_file():
+        prepare_training_data(data_dir / "train.jsonl", folder,
+                              PrepareConfig(test_fraction=VALIDATION_FRACTION, seed=LOCAL.seed),
+                              corpus_path=data_dir / "corpus.jsonl")
+    return folder
+
+
+def _mined(split: Path, work: Path, parameters) -> Path:
+    key = f"mined_{parameters.negative_range}_n{parameters.negative_number}_f{parameters.max_negative_score_fraction:g}"
+    folder = work / key
+    if not (folder / "mining_stats.json").is_file():
+        config = MineConfig(model=parameters.student_model, range_for_sampling=parse_range(parameters.negative_range),
+                            negative_number=parameters.negative_number,
+                            max_negative_score_fraction=parameters.max_negative_score_fraction or None,
+                            seed=parameters.seed, query_max_len=parameters.query_max_len,
+                            passage_max_len=parameters.passage_max_len, encode=_encode(parameters))
+        mine_hard_negatives(split / "train.jsonl", folder, config, test_path=split / "test.jsonl",
+                            corpus_path=split / "corpus.jsonl")
+    return folder
+
+
+def _subset(mined: Path, count: int) -> Path:
+    path = mined / f"train_first_{count}.jsonl"
+    if not path.is_file():
+        lines = (mined / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        if count > len(lines):
+            raise SystemExit(f"--train-queries {count}: the training side of the split has {len(lines)} queries")
+        path.write_text("".join(lines[:count]), encoding="utf-8")
+    return path
+
+
+def _scored(rows: Path, parameters, study_only: dict) -> Path:
+    temperature = study_only.get("teacher_temperature")
+    folder = rows.parent / f"scored_{rows.stem}_{parameters.teacher}_{temperature or 'default'}"
+    if not (folder / "train.jsonl").is_file():
+        extra = {"teacher_temperature": temperature} if temperature else {}
+        score_with_teacher(rows, folder, ScoreConfig(teacher=parameters.teacher, teacher_model=parameters.teacher_model,
+                                                     encode=_encode(parameters), **extra))
+    return folder / "train.jsonl"
+
+
+def _train_config(parameters, study_only: dict) -> TrainConfig:
+    values = {name: getattr(parameters, name) for name in TRAIN_FIELDS if hasattr(parameters, name)}
+    values["model"] = parameters.student_model
+    values["logging_steps"] = 25
+    values["save_steps"] = 10**6
+    if "warmup_ratio" in study_only:
+        values["warmup_ratio"] = study_only["warmup_ratio"]
+    return TrainConfig(**values)
+
+
+def _paired(a: list, b: list, metric: str, k: int) -> dict:
+    ranks = [[float("inf") if r is None else r for r in ranks] for ranks in (a, b)]
+    comparison = compare_paired(per_query_values(ranks[0], metric, k), per_query_values(ranks[1], metric, k))
+    return {"delta": round(comparison.delta, 4), "p_value": round(comparison.p_value, 4),
+            "ci": [round(comparison.ci_low, 4), round(comparison.ci_high, 4)]}
+
+
+def run_trial(name: str, overrides: dict, data_dir: Path, work: Path, train_queries: int, epochs: float) -> dict:
+    parameters, study_only = _parameters({"num_train_epochs": epochs, **overrides})
+    split = _split(data_dir, work)
+    started = time.time()
+    mined = _mined(split, work, parameters)
+    rows = _subset(mined, train_queries)
+    if parameters.knowledge_distillation != "off":
+        rows = _scored(rows, parameters, study_only)
+    prepared_s = time.time() - started
+
+    model_dir = work / "models" / f"{name}_{train_queries}"
+    load = os.getloadavg()[0]
+    trained = fine_tune(rows, model_dir, _train_config(parameters, study_only))
+    train_s = time.time() - started - prepared_s
+    evaluation = evaluate_retrieval(
+        mined / "test.jsonl", split / "corpus.jsonl", parameters.student_model, model_dir,
+        work / "evaluations" / f"{name}_{train_queries}",
+        EvaluateConfig(query_max_len=parameters.query_max_len, passage_max_len=parameters.passage_max_len,
+                       lexical_baselines=False, permutations=10_000, encode=_encode(parameters)),
+        base_passage_embeddings=mined / "base_embeddings")
+    shutil.rmtree(model_dir, ignore_errors=True)  # 470 MB each; the figures are what the study keeps
+    flat, summary = evaluation.flat, trained.summary
+    return {
+        "trial": name, "train_queries": train_queries, "overrides": overrides, "epochs": epochs,
+        "validation_queries": evaluation.metrics["counts"]["queries"],
+        "global_pool_passages": evaluation.metrics["counts"]["global_pool_passages"],
+        "train_s": round(train_s, 1), "train_runtime_s": summary["train_runtime_s"],
+        "train_samples_per_second": summary["train_samples_per_second"], "final_loss": summary["final_loss"],
+        "knowledge_distillation": summary["knowledge_distillation"],
+        "load_average_1min_at_start": round(load, 2), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "validation": {name: round(value, 4) for name, value in flat.items()
+                       if name.startswith(("global_", "test_", "separation")) and "_at_5_" not in name},
+        # The fine-tuned model's rank of each validation query's first positive (the base
+        # model's is the same in every trial): trials are compared query by query.
+        "per_query_first_rank": {pool: ranks["finetuned"]
+                                 for pool, ranks in evaluation.metrics["per_query_first_rank"].items()},
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _with_reference_comparison(record: dict, records: list[dict]) -> dict:
+    reference = next((r for r in records if r["trial"] == REFERENCE and r["train_queries"] == record["train_queries"]
+                      and r["epochs"] == record["epochs"]), None)
+    if reference is None or record["trial"] == REFERENCE:
+        record.pop("versus_reference", None)
+        return record
+    record["versus_reference"] = {}
+    for pool in ("global_pool", "test_pool"):
+        mine, theirs = record["per_query_first_rank"][pool], reference["per_query_first_rank"][pool]
+        record["versus_reference"][pool] = {f"{metric}@{k}": _paired(theirs, mine, metric, k)
+                                            for metric, k in (("recall", 1), ("mrr", 10))}
+    return record
+
+
+def _load(output: Path) -> dict:
+    if output.is_file():
+        return json.loads(output.read_text(encoding="utf-8"))
+    return {"benchmark": "recipe_study", "data": "cmrc_drcd_zh", "validation_fraction": VALIDATION_FRACTION,
+            "preset": dataclasses.asdict(LOCAL), "trials": []}
+
+
+def _save(output: Path, study: dict) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_suffix(".json.partial")
+    temporary.write_text(json.dumps(study, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, output)
+
+
+def print_table(study: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Recipe study on cmrc_drcd_zh (validation split, global pool)")
+    for column in ("trial", "queries", "epochs", "train s", "R@1 base→ft", "MRR@10 base→ft", "p (R@1 vs base)",
+                   "ΔR@1 vs reference (p)", "ΔMRR@10 vs reference (p)"):
+        table.add_column(column, justify="left" if column == "trial" else "right")
+    for r in study["trials"]:
+        v = r["validation"]
+        versus = r.get("versus_reference", {}).get("global_pool")
+        table.add_row(r["trial"], str(r["train_queries"]), f"{r['epochs']:g}", f"{r['train_s']:.0f}",
+                      f"{v['global_recall_at_1_base']:.4f}→{v['global_recall_at_1_finetuned']:.4f}",
+                      f"{v['global_mrr_at_10_base']:.4f}→{v['global_mrr_at_10_finetuned']:.4f}",
+                      f"{v['global_recall_at_1_p_value']:.4f}",
+                      f"{versus['recall@1']['delta']:+.4f} ({versus['recall@1']['p_value']:.3f})" if versus else "",
+                      f"{versus['mrr@10']['delta']:+.4f} ({versus['mrr@10']['p_value']:.3f})" if versus else "")
+    Console().print(table)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "cmrc_drcd_zh")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / "work" / "recipe_study")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "recipe_study.json")
+    parser.add_argument("--train-queries", type=int, default=2000)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--trials", nargs="*", default=[], help="trial names (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the trials and exit")
+    parser.add_argument("--table", action="store_true", help="print the table of the results so far and exit")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.list:
+        for name, overrides in TRIALS.items():
+            print(f"{name}: {overrides}")
+        return 0
+    study = _load(args.output)
+    if args.table:
+        print_table(study)
+        return 0
+    unknown = [name for name in args.trials if name not in TRIALS]
+    if unknown:
+        parser.error(f"unknown trials {unknown}; known: {', '.join(TRIALS)}")
+    study["machine"] = machine()
+    for name in args.trials:
+        logger.info("trial %s (%d training queries, %g epochs)", name, args.train_queries, args.epochs)
+        record = run_trial(name, TRIALS[name], args.data_dir, args.work_dir, args.train_queries, args.epochs)
+        study["trials"] = [r for r in study["trials"] if not (r["trial"] == name and r["train_queries"] ==
+                                                               args.train_queries and r["epochs"] == args.epochs)]
+        study["trials"].append(record)
+        study["trials"] = [_with_reference_comparison(r, study["trials"]) for r in study["trials"]]
+        _save(args.output, study)
+        print_table(study)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
