@@ -1,34 +1,48 @@
 """Step 3: teacher scores for knowledge distillation.
 
-Writes ``pos_scores`` / ``neg_scores`` aligned with ``pos`` / ``neg``. FlagEmbedding's
-kl_div loss turns a row's scores into targets with a plain softmax, so the scale of the
-scores is the teacher's "temperature":
+Writes ``pos_scores`` / ``neg_scores`` aligned with ``pos`` / ``neg``, and
+``teacher_scores.json`` beside the rows saying which teacher made them and on what scale.
+
+FlagEmbedding 1.4 turns a row's group of teacher scores into distillation targets with a
+plain softmax (``AbsEmbedderModel.forward``: ``F.softmax(teacher_scores, dim=-1)``), while
+the student's own scores are cosine / temperature. So every teacher stores **logits on the
+student's scale**: its raw score divided by ``teacher_temperature``, and the softmax over a
+stored group is the target distribution, whichever teacher wrote it:
 
 - ``cross-encoder`` (the recipe's, on the cluster: BAAI/bge-reranker-v2-m3) goes through
-  FlagEmbedding's own reranker classes, sigmoid-normalized as in the recipe;
+  FlagEmbedding's own reranker classes; its raw score is the relevance logit, so the
+  default temperature is 1. ``cross_encoder_scores="sigmoid"`` stores the recipe's
+  sigmoid-normalized scores instead, for fidelity only: squeezed into [0, 1], even a perfect
+  teacher then gives the positive at most e/(e+7) ≈ 0.28 of the mass in a group of 8, and
+  distillation pulls the student towards uniform;
 - ``embedding`` (the local default, where no cross-encoder is at hand) uses a bi-encoder's
-  cosine similarity divided by ``embedding_temperature``, the student's own temperature,
-  so teacher and student distributions are on the same scale.
+  cosine similarity; the default temperature is the student's own (0.02), so teacher and
+  student distributions are on the same scale.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from components.embedding import EncodeConfig, TextEncoder
-from components.jsonl_files import read_jsonl_objects, write_jsonl
+from components.jsonl_files import read_jsonl_objects, write_json, write_jsonl
 from components.model_profiles import resolve_model
 
 logger = logging.getLogger(__name__)
 
 TeacherKind = Literal["cross-encoder", "embedding"]
+CrossEncoderScores = Literal["logits", "sigmoid"]
 SCORED_FILENAME = "train.jsonl"
+METADATA_FILENAME = "teacher_scores.json"
+# The recipe's contrastive temperature (TrainConfig.temperature): cosine / 0.02 is the
+# student's own score, so it is the embedding teacher's default temperature.
+STUDENT_TEMPERATURE = 0.02
 
 
 @dataclass(frozen=True)
@@ -38,10 +52,17 @@ class ScoreConfig:
     Attributes:
         teacher: ``cross-encoder`` or ``embedding``.
         teacher_model: model name (hub id, folder, or ``builtin:...``).
-        normalize: sigmoid-normalize cross-encoder logits (the recipe does).
+        teacher_temperature: stored score = the teacher's raw score / this, so that a
+            softmax over a row's stored scores is its distillation target. None: 1.0 for a
+            cross-encoder (its logits already are log-odds) and ``student_temperature`` for
+            an embedding teacher (its cosines then sit on the student's scale).
+        student_temperature: the student's contrastive temperature (the train step's
+            ``temperature``); the embedding teacher's default temperature.
+        cross_encoder_scores: ``logits`` (default: distillation can teach) or ``sigmoid``,
+            the recipe's normalized scores, kept for fidelity: in [0, 1] they give nearly
+            uniform targets, so distillation mostly cannot teach.
         query_max_len: cross-encoder query tokens (FlagEmbedding's ``query_max_length``).
         max_length: cross-encoder pair tokens.
-        embedding_temperature: the embedding teacher's scores are cosine / this.
         batch_size: cross-encoder pairs per forward pass.
         devices: e.g. ``["cuda:0", "cuda:1"]``; empty lets FlagEmbedding pick (all GPUs, else CPU).
         fp16: half precision on GPU.
@@ -50,10 +71,11 @@ class ScoreConfig:
 
     teacher: TeacherKind = "cross-encoder"
     teacher_model: str = "BAAI/bge-reranker-v2-m3"
-    normalize: bool = True
+    teacher_temperature: float | None = None
+    student_temperature: float = STUDENT_TEMPERATURE
+    cross_encoder_scores: CrossEncoderScores = "logits"
     query_max_len: int = 512
     max_length: int = 1024
-    embedding_temperature: float = 0.02
     batch_size: int = 64
     devices: tuple[str, ...] = ()
     fp16: bool = True
@@ -62,8 +84,26 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if self.teacher not in ("cross-encoder", "embedding"):
             raise ValueError(f"teacher must be 'cross-encoder' or 'embedding', got {self.teacher!r}")
-        if self.embedding_temperature <= 0:
-            raise ValueError("embedding_temperature must be positive")
+        if self.cross_encoder_scores not in ("logits", "sigmoid"):
+            raise ValueError(f"cross_encoder_scores must be 'logits' or 'sigmoid', got {self.cross_encoder_scores!r}")
+        if self.teacher_temperature is not None and not self.teacher_temperature > 0:
+            raise ValueError(f"teacher_temperature must be positive, got {self.teacher_temperature}")
+        if not self.student_temperature > 0:
+            raise ValueError(f"student_temperature must be positive, got {self.student_temperature}")
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the raw teacher scores are divided by."""
+        if self.teacher_temperature is not None:
+            return self.teacher_temperature
+        return 1.0 if self.teacher == "cross-encoder" else self.student_temperature
+
+    @property
+    def raw_score(self) -> str:
+        """What the teacher's raw score is, in words."""
+        if self.teacher == "embedding":
+            return "cosine"
+        return "sigmoid(logit)" if self.cross_encoder_scores == "sigmoid" else "logit"
 
 
 def _pairs(rows: list[dict]) -> list[tuple[str, str]]:
@@ -83,13 +123,14 @@ def _cross_encoder_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
         batch_size=config.batch_size,
         query_max_length=config.query_max_len,
         max_length=config.max_length,
-        normalize=config.normalize,
+        normalize=config.cross_encoder_scores == "sigmoid",
     )
     scores = reranker.compute_score(_pairs(rows))
     return np.asarray(scores, dtype=np.float64).reshape(-1)
 
 
 def _embedding_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
+    """Cosine similarity of every pair."""
     encoder = TextEncoder(resolve_model(config.teacher_model), config.encode)
     queries = list(dict.fromkeys(row["query"] for row in rows))
     passages = list(dict.fromkeys(p for row in rows for p in row["pos"] + (row.get("neg") or [])))
@@ -103,7 +144,33 @@ def _embedding_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
     pairs = _pairs(rows)
     q = query_vectors[[query_index[a] for a, _ in pairs]]
     p = passage_vectors[[passage_index[b] for _, b in pairs]]
-    return (q * p).sum(axis=1).astype(np.float64) / config.embedding_temperature
+    return (q * p).sum(axis=1).astype(np.float64)
+
+
+def _positive_target(row: dict) -> float:
+    """The softmax mass FlagEmbedding's targets give a row's first positive against all
+    its negatives: how much a distilled student is told to prefer the answer."""
+    scores = np.asarray(row["pos_scores"][:1] + row["neg_scores"], dtype=np.float64)
+    weights = np.exp(scores - scores.max())
+    return float(weights[0] / weights.sum())
+
+
+def _score_metadata(rows: list[dict], config: ScoreConfig) -> dict:
+    """What the stored scores mean: written beside the rows and into the KFP artifact."""
+    with_negatives = [row for row in rows if row["neg_scores"]]
+    mass = [_positive_target(row) for row in with_negatives]
+    return {
+        "teacher": config.teacher,
+        "teacher_model": config.teacher_model,
+        "teacher_temperature": config.temperature,
+        "raw_score": config.raw_score,
+        "score_scale": f"{config.raw_score} / {config.temperature:g}",
+        "targets": "softmax over each row's stored scores (FlagEmbedding's distillation targets)",
+        "rows": len(rows),
+        "pairs": sum(len(row["pos"]) + len(row["neg"]) for row in rows),
+        "mean_positive_target": round(float(np.mean(mass)), 6) if mass else None,
+        "config": {key: value for key, value in asdict(config).items() if key != "encode"},
+    }
 
 
 def score_with_teacher(
@@ -115,16 +182,18 @@ def score_with_teacher(
 
     Args:
         train_path: rows with ``pos`` and (mined) ``neg``.
-        output_dir: receives train.jsonl, the scored rows.
+        output_dir: receives train.jsonl, the scored rows (logits on the student's scale),
+            and teacher_scores.json, what they mean (teacher, temperature, scale).
         config: which teacher and how to run it.
 
     Returns:
         The scored rows' path.
     """
     rows = read_jsonl_objects(train_path)
-    logger.info("scoring %d pairs of %d rows with %s teacher %s", len(_pairs(rows)), len(rows),
-                config.teacher, config.teacher_model)
-    scores = (_cross_encoder_scores if config.teacher == "cross-encoder" else _embedding_scores)(rows, config)
+    logger.info("scoring %d pairs of %d rows with %s teacher %s (scores: %s / %g)", len(_pairs(rows)), len(rows),
+                config.teacher, config.teacher_model, config.raw_score, config.temperature)
+    raw = (_cross_encoder_scores if config.teacher == "cross-encoder" else _embedding_scores)(rows, config)
+    scores = raw / config.temperature
     scored = []
     cursor = 0
     for row in rows:
@@ -136,6 +205,11 @@ def score_with_teacher(
         cursor += len(negatives)
         out["neg"] = negatives
         scored.append(out)
-    output = Path(output_dir) / SCORED_FILENAME
-    write_jsonl(output, scored)
-    return output
+    output_dir = Path(output_dir)
+    metadata = _score_metadata(scored, config)
+    if metadata["mean_positive_target"] is not None:
+        logger.info("teacher targets give the positive %.3f of the mass on average",
+                    metadata["mean_positive_target"])
+    write_jsonl(output_dir / SCORED_FILENAME, scored)
+    write_json(output_dir / METADATA_FILENAME, metadata)
+    return output_dir / SCORED_FILENAME

@@ -99,21 +99,29 @@ def score_pairs(
     mined_train: Input[Dataset],
     teacher: str,
     teacher_model: str,
+    teacher_temperature: float,
+    cross_encoder_scores: str,
+    student_temperature: float,
     encode_batch_size: int,
     scored_train: Output[Dataset],
 ):
     """Teacher scores for every (query, passage) pair: the soft labels for distillation."""
+    import json
     import shutil
     import tempfile
 
     from components.embedding import EncodeConfig
-    from components.score import ScoreConfig, score_with_teacher
+    from components.score import METADATA_FILENAME, ScoreConfig, score_with_teacher
 
     config = ScoreConfig(teacher=teacher, teacher_model=teacher_model,
+                         teacher_temperature=teacher_temperature or None,
+                         cross_encoder_scores=cross_encoder_scores, student_temperature=student_temperature,
                          encode=EncodeConfig(batch_size=encode_batch_size))
-    shutil.move(str(score_with_teacher(mined_train.path, tempfile.mkdtemp(prefix="score-"), config)),
-                scored_train.path)
-    scored_train.metadata.update({"teacher": teacher, "teacher_model": teacher_model})
+    scored = score_with_teacher(mined_train.path, tempfile.mkdtemp(prefix="score-"), config)
+    metadata = json.loads((scored.parent / METADATA_FILENAME).read_text(encoding="utf-8"))
+    shutil.move(str(scored), scored_train.path)
+    # What the scores mean (teacher, temperature, scale) travels with the artifact.
+    scored_train.metadata.update({key: value for key, value in metadata.items() if key != "config"})
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)

@@ -20,7 +20,8 @@ class PipelineParameters:
 
     Empty ``train_data`` means the built-in sample data (``sample_queries`` queries).
     Paths may be local or ``s3://`` URIs. ``max_negative_score_fraction`` 0 turns the
-    false-negative filter off. ``knowledge_distillation`` is auto/on/off; ``precision``
+    false-negative filter off. ``teacher_temperature`` 0 means the teacher's default (1 for
+    cross-encoder logits, ``temperature`` for embedding cosines). ``knowledge_distillation`` is auto/on/off; ``precision``
     is auto/fp16/bf16/fp32.
     """
 
@@ -32,6 +33,8 @@ class PipelineParameters:
     student_model: str = "BAAI/bge-large-zh-v1.5"
     teacher: str = "cross-encoder"
     teacher_model: str = "BAAI/bge-reranker-v2-m3"
+    teacher_temperature: float = 0.0
+    cross_encoder_scores: str = "logits"
     test_fraction: float = 0.1
     seed: int = 42
     skip_invalid: bool = False

@@ -3,7 +3,8 @@
 1. Prepare: validate the training rows (or generate the built-in sample), split them 9:1
    with no query or positive in both splits, build the global pool, write a data report.
 2. Mine: hard negatives from the base model's own ranking (FAISS, ranks 2-200, 10 per query).
-3. Score: a teacher scores every (query, passage) pair: soft labels for distillation.
+3. Score: a teacher scores every (query, passage) pair: soft labels for distillation,
+   stored as logits on the student's scale (raw score / teacher temperature).
 4. Fine-tune: FlagEmbedding's encoder-only embedder under torchrun (DeepSpeed on the cluster).
 5. Evaluate: base vs fine-tuned, recall and MRR @1/5/10 in the test and global pools,
    and the positive/negative similarity separation.
@@ -45,6 +46,8 @@ def searchtune_pipeline(
     student_model: str = RECIPE.student_model,
     teacher: str = RECIPE.teacher,
     teacher_model: str = RECIPE.teacher_model,
+    teacher_temperature: float = RECIPE.teacher_temperature,
+    cross_encoder_scores: str = RECIPE.cross_encoder_scores,
     test_fraction: float = RECIPE.test_fraction,
     seed: int = RECIPE.seed,
     skip_invalid: bool = RECIPE.skip_invalid,
@@ -102,6 +105,9 @@ def searchtune_pipeline(
         mined_train=mined.outputs["mined_train"],
         teacher=teacher,
         teacher_model=teacher_model,
+        teacher_temperature=teacher_temperature,
+        cross_encoder_scores=cross_encoder_scores,
+        student_temperature=temperature,
         encode_batch_size=encode_batch_size,
     ).set_display_name("3. teacher scores")
 
