@@ -47,7 +47,8 @@ logger = logging.getLogger("benchmarks.recipe_study")
 VALIDATION_FRACTION = 0.15
 REFERENCE = "reference"
 # Trials: overrides of the local preset's pipeline parameters, plus two study-only knobs
-# (warmup_ratio, a TrainConfig field the pipeline does not expose; teacher_temperature).
+# (warmup_ratio, a TrainConfig field the pipeline does not expose; lexical_weight, the
+# hybrid teacher's ScoreConfig field).
 TRIALS: dict[str, dict] = {
     REFERENCE: {"knowledge_distillation": "off"},
     "kd_embedding": {"knowledge_distillation": "on"},
@@ -60,7 +61,7 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def _parameters(overrides: dict):
-    study_only = {k: v for k, v in overrides.items() if k in ("warmup_ratio", "teacher_temperature")}
+    study_only = {k: v for k, v in overrides.items() if k in ("warmup_ratio", "lexical_weight")}
     return LOCAL.with_overrides(**{k: v for k, v in overrides.items() if k not in study_only}), study_only
 
 
@@ -102,12 +103,12 @@ def _subset(mined: Path, count: int) -> Path:
 
 
 def _scored(rows: Path, parameters, study_only: dict) -> Path:
-    temperature = study_only.get("teacher_temperature")
-    folder = rows.parent / f"scored_{rows.stem}_{parameters.teacher}_{temperature or 'default'}"
+    extra = {"lexical_weight": study_only["lexical_weight"]} if "lexical_weight" in study_only else {}
+    config = ScoreConfig(teacher=parameters.teacher, teacher_model=parameters.teacher_model,
+                         teacher_temperature=parameters.teacher_temperature or None, encode=_encode(parameters), **extra)
+    folder = rows.parent / f"scored_{rows.stem}_{config.teacher}_{config.temperature:g}_{config.lexical_weight:g}"
     if not (folder / "train.jsonl").is_file():
-        extra = {"teacher_temperature": temperature} if temperature else {}
-        score_with_teacher(rows, folder, ScoreConfig(teacher=parameters.teacher, teacher_model=parameters.teacher_model,
-                                                     encode=_encode(parameters), **extra))
+        score_with_teacher(rows, folder, config)
     return folder / "train.jsonl"
 
 
@@ -182,6 +183,55 @@ def _with_reference_comparison(record: dict, records: list[dict]) -> dict:
     return record
 
 
+def teacher_candidates(data_dir: Path, work: Path, weights: list[float]) -> dict:
+    """How well each candidate teacher ranks the whole corpus for the validation queries.
+
+    A distillation teacher is only worth its cost if it ranks better than the student
+    already does; this compares the base model, BM25, their reciprocal-rank fusion and the
+    hybrid teacher's linear mix (cosine + w x BM25 share) for several weights, as
+    retrievers over the global pool (the base model's vectors come from mining's cache).
+    """
+    import numpy as np
+
+    from components.embedding import TextEncoder
+    from components.embedding_cache import CacheKey, load_passage_embeddings, texts_digest
+    from components.evaluate import normalize_rows, retrieval_metrics
+    from components.lexical_retrieval import BM25Index, reciprocal_rank_fusion
+    from components.model_profiles import resolve_model
+
+    parameters, _ = _parameters({"knowledge_distillation": "off"})
+    split = _split(data_dir, work)
+    mined = _mined(split, work, parameters)
+    corpus = [json.loads(line)["text"] for line in (split / "corpus.jsonl").open(encoding="utf-8")]
+    rows = [json.loads(line) for line in (split / "test.jsonl").open(encoding="utf-8")]
+    where = {text: i for i, text in enumerate(corpus)}
+    positives = [{where[p] for p in row["pos"]} for row in rows]
+    model = resolve_model(parameters.student_model)
+    model = dataclasses.replace(model, profile=model.profile.with_max_lengths(parameters.query_max_len,
+                                                                              parameters.passage_max_len))
+    encoder = TextEncoder(model, _encode(parameters))
+    cached = load_passage_embeddings(mined / "base_embeddings",
+                                     CacheKey(encoder.fingerprint("passage"), texts_digest(corpus)))
+    if cached is None:
+        raise SystemExit(f"no base-model vectors of this corpus in {mined / 'base_embeddings'}")
+    passages = normalize_rows(cached)
+    queries = normalize_rows(encoder.encode_queries([row["query"] for row in rows], "validation queries"))
+    cosine = queries @ passages.T
+    index = BM25Index(corpus)
+    lexical = np.stack([index.scores(row["query"]) / max(index.score_bound(row["query"]), 1e-9) for row in rows])
+    depth = 100
+    top = lambda scores: np.argsort(-scores, axis=1, kind="stable")[:, :depth]  # noqa: E731
+    dense_ranking, lexical_ranking = top(cosine), top(lexical)
+    results = {"validation_queries": len(rows), "dense (base model)": retrieval_metrics(dense_ranking, positives),
+               "bm25": retrieval_metrics(lexical_ranking, positives),
+               "reciprocal-rank fusion": retrieval_metrics(
+                   reciprocal_rank_fusion([dense_ranking, lexical_ranking], depth=10), positives)}
+    for weight in weights:
+        results[f"cosine + {weight:g} x bm25 share"] = retrieval_metrics(top(cosine + weight * lexical), positives)
+    return {name: ({k: round(v, 4) for k, v in value.items()} if isinstance(value, dict) else value)
+            for name, value in results.items()}
+
+
 def _load(output: Path) -> dict:
     if output.is_file():
         return json.loads(output.read_text(encoding="utf-8"))
@@ -226,6 +276,8 @@ def main() -> int:
     parser.add_argument("--trials", nargs="*", default=[], help="trial names (see --list)")
     parser.add_argument("--list", action="store_true", help="print the trials and exit")
     parser.add_argument("--table", action="store_true", help="print the table of the results so far and exit")
+    parser.add_argument("--teacher-candidates", nargs="*", type=float, metavar="WEIGHT",
+                        help="rank the validation queries with each candidate teacher (hybrid weights given) and exit")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.list:
@@ -235,6 +287,11 @@ def main() -> int:
     study = _load(args.output)
     if args.table:
         print_table(study)
+        return 0
+    if args.teacher_candidates is not None:
+        study["teacher_candidates"] = teacher_candidates(args.data_dir, args.work_dir, args.teacher_candidates)
+        _save(args.output, study)
+        print(json.dumps(study["teacher_candidates"], indent=1))
         return 0
     unknown = [name for name in args.trials if name not in TRIALS]
     if unknown:

@@ -96,13 +96,25 @@ class BM25Index:
         self._retriever = bm25s.BM25(k1=config.k1, b=config.b, method="lucene")
         self._retriever.index([tokenize(text, self.tokenizer) for text in passages], show_progress=False)
         self._vocabulary: dict[str, int] = self._retriever.vocab_dict
+        # Lucene's idf per term, from each term's document frequency (its column's length).
+        frequencies = np.diff(np.asarray(self._retriever.scores["indptr"], dtype=np.int64))
+        self._idf = np.log(1 + (self.size - frequencies + 0.5) / (frequencies + 0.5))
+
+    def _term_ids(self, query: str) -> list[int]:
+        return [self._vocabulary[t] for t in tokenize(query, self.tokenizer) if t in self._vocabulary]
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every passage for one query (a repeated query term counts each time)."""
-        ids = [self._vocabulary[t] for t in tokenize(query, self.tokenizer) if t in self._vocabulary]
+        ids = self._term_ids(query)
         if not ids:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._retriever.get_scores(ids), dtype=np.float32)
+
+    def score_bound(self, query: str) -> float:
+        """The sum of the query terms' idf: Lucene's term factor tf / (tf + k1 * norm) stays
+        below 1, so no passage reaches this score. Dividing by it puts scores in [0, 1): the
+        share of the query's lexical weight a passage matches, comparable across queries."""
+        return float(self._idf[self._term_ids(query)].sum())
 
     def search(self, queries: Sequence[str], depth: int) -> np.ndarray:
         """Top ``depth`` passage indices per query, best first; ties go to the lower index.
