@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -45,19 +46,110 @@ from pipelines.parameters import LOCAL  # noqa: E402
 logger = logging.getLogger("benchmarks.recipe_study")
 
 VALIDATION_FRACTION = 0.15
+# The validation pool: per validation query, this many of the base model's and of BM25's
+# best passages in the whole corpus, plus every validation positive.
+VALIDATION_CANDIDATES = 30
 REFERENCE = "reference"
-# Trials: overrides of the local preset's pipeline parameters, plus two study-only knobs
+# Levers: overrides of the local preset's pipeline parameters, plus two study-only knobs
 # (warmup_ratio, a TrainConfig field the pipeline does not expose; lexical_weight, the
-# hybrid teacher's ScoreConfig field).
-TRIALS: dict[str, dict] = {
+# hybrid teacher's ScoreConfig field). A trial is "reference" or levers joined by "+"
+# (later ones win), always over the reference: the old local preset with distillation off.
+LEVERS: dict[str, dict] = {
     REFERENCE: {"knowledge_distillation": "off"},
-    "kd_embedding": {"knowledge_distillation": "on"},
-    "range_2_30": {"knowledge_distillation": "off", "negative_range": "2-30"},
-    "range_2_100": {"knowledge_distillation": "off", "negative_range": "2-100"},
-    "range_2_15": {"knowledge_distillation": "off", "negative_range": "2-15"},
+    "kd_embedding": {"knowledge_distillation": "on", "teacher": "embedding"},
+    "kd_hybrid": {"knowledge_distillation": "on", "teacher": "hybrid"},
+    "range_2_15": {"negative_range": "2-15"},
+    "range_2_30": {"negative_range": "2-30"},
+    "range_2_100": {"negative_range": "2-100"},
+    "filter_0.95": {"max_negative_score_fraction": 0.95},
+    "lr_2e-5": {"learning_rate": 2e-5},
+    "lr_1e-4": {"learning_rate": 1e-4},
+    "lr_2e-4": {"learning_rate": 2e-4},
+    "warmup_0": {"warmup_ratio": 0.0},
+    "warmup_0.3": {"warmup_ratio": 0.3},
+    "group_2": {"train_group_size": 2},
+    "group_8": {"train_group_size": 8},
+    "batch_16": {"per_device_train_batch_size": 16},
+    "batch_32": {"per_device_train_batch_size": 32},
+    "unfrozen": {"freeze_word_embeddings": False},
+    "temperature_0.05": {"temperature": 0.05},
+    "temperature_0.01": {"temperature": 0.01},
 }
 
+
+def trial_overrides(name: str) -> dict:
+    """The overrides of a trial name such as ``range_2_30+lr_1e-4``."""
+    overrides = dict(LEVERS[REFERENCE])
+    for lever in name.split("+"):
+        if lever not in LEVERS:
+            raise KeyError(lever)
+        overrides.update(LEVERS[lever])
+    return overrides
+
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _memo_path(work: Path, encoder, formatted_texts: list[str], max_length: int) -> Path:
+    digest = hashlib.sha256(f"{encoder.fingerprint('any')}|{max_length}".encode())
+    for text in formatted_texts:
+        digest.update(text.encode("utf-8") + b"\x00")
+    return work / "base_vectors" / f"{digest.hexdigest()[:24]}.npy"
+
+
+def seed_memo_from_mining(work: Path, mined: Path, split: Path) -> None:
+    """Put the pool vectors a mining run saved (checked by their cache key) into the memo."""
+    import numpy as np
+
+    from components.embedding import TextEncoder
+    from components.embedding_cache import CacheKey, load_passage_embeddings, texts_digest
+    from components.model_profiles import resolve_model
+
+    parameters = LOCAL
+    model = resolve_model(parameters.student_model)
+    model = dataclasses.replace(model, profile=model.profile.with_max_lengths(parameters.query_max_len,
+                                                                              parameters.passage_max_len))
+    encoder = TextEncoder(model, _encode(parameters))
+    texts = [json.loads(line)["text"] for line in (split / "corpus.jsonl").open(encoding="utf-8")]
+    vectors = load_passage_embeddings(mined / "base_embeddings",
+                                      CacheKey(encoder.fingerprint("passage"), texts_digest(texts)))
+    if vectors is None:
+        raise SystemExit(f"{mined / 'base_embeddings'} does not hold this model's vectors of {split / 'corpus.jsonl'}")
+    path = _memo_path(work, encoder, [model.profile.format_passage(t) for t in texts], model.profile.passage_max_len)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    logger.info("memo seeded with %d pool vectors from %s", len(vectors), mined)
+
+
+def memoize_base_model_vectors(work: Path) -> None:
+    """Study only: the base model encodes a given list of texts once per study.
+
+    Every trial mines, scores and evaluates with the same base model over the same texts;
+    on a shared 2-core CPU re-encoding them would cost more than the trials' training. The
+    vectors are kept on disk under ``work/base_vectors``, keyed by the formatted texts, the
+    length limit and the encoder's fingerprint (model, profile, dtype), so a hit returns
+    exactly what the encoder would compute. Fine-tuned models are never memoized.
+    """
+    import numpy as np
+
+    from components.embedding import TextEncoder
+    from components.model_profiles import resolve_model
+
+    base_path = resolve_model(LOCAL.student_model).path
+    original = TextEncoder._encode
+
+    def encode(self, texts, max_length, description):
+        if self.model_ref.path != base_path:
+            return original(self, texts, max_length, description)
+        path = _memo_path(work, self, texts, max_length)
+        if path.is_file():
+            return np.load(path)
+        vectors = original(self, texts, max_length, description)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path.with_suffix(".partial.npy"), vectors)
+        os.replace(path.with_suffix(".partial.npy"), path)
+        return vectors
+
+    TextEncoder._encode = encode
 
 
 def _parameters(overrides: dict):
@@ -90,6 +182,50 @@ def _mined(split: Path, work: Path, parameters) -> Path:
         mine_hard_negatives(split / "train.jsonl", folder, config, test_path=split / "test.jsonl",
                             corpus_path=split / "corpus.jsonl")
     return folder
+
+
+def _validation_pool(split: Path, mined: Path, parameters) -> tuple[Path, Path]:
+    """Validation rows (query and positives only) and their candidate pool, written once.
+
+    Encoding the whole 34,293-passage corpus with every trial's model would cost more than
+    training it on this CPU. A trial's errors are passages that the base model or the words
+    already rank high, so the pool is what either ranks in its top ``VALIDATION_CANDIDATES``
+    for any validation query. Figures in it are a little above the whole-corpus ones (fewer
+    distractors); trials are compared with each other in the same pool, and the winner is
+    confirmed on the whole corpus.
+    """
+    import numpy as np
+
+    from components.embedding import TextEncoder
+    from components.evaluate import normalize_rows
+    from components.lexical_retrieval import BM25Index
+    from components.model_profiles import resolve_model
+
+    rows_path, pool_path = split / "validation_rows.jsonl", split / "validation_pool.jsonl"
+    if pool_path.is_file():
+        return rows_path, pool_path
+    corpus = [json.loads(line) for line in (split / "corpus.jsonl").open(encoding="utf-8")]
+    rows = [json.loads(line) for line in (split / "test.jsonl").open(encoding="utf-8")]
+    model = resolve_model(parameters.student_model)
+    model = dataclasses.replace(model, profile=model.profile.with_max_lengths(parameters.query_max_len,
+                                                                              parameters.passage_max_len))
+    encoder = TextEncoder(model, _encode(parameters))
+    passages = normalize_rows(encoder.encode_passages([entry["text"] for entry in corpus]))
+    queries = normalize_rows(encoder.encode_queries([row["query"] for row in rows]))
+    keep = set()
+    for start in range(0, len(queries), 256):
+        scores = queries[start:start + 256] @ passages.T
+        keep.update(np.argpartition(-scores, VALIDATION_CANDIDATES, axis=1)[:, :VALIDATION_CANDIDATES].ravel().tolist())
+    index = BM25Index([entry["text"] for entry in corpus])
+    for ranking in index.search([row["query"] for row in rows], VALIDATION_CANDIDATES):
+        keep.update(int(i) for i in ranking if i >= 0)
+    positives = {p for row in rows for p in row["pos"]}
+    pool = [entry for i, entry in enumerate(corpus) if i in keep or entry["text"] in positives]
+    rows_path.write_text("".join(json.dumps({"query": r["query"], "pos": r["pos"]}, ensure_ascii=False) + "\n"
+                                 for r in rows), encoding="utf-8")
+    pool_path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in pool), encoding="utf-8")
+    logger.info("validation pool: %d of %d corpus passages for %d queries", len(pool), len(corpus), len(rows))
+    return rows_path, pool_path
 
 
 def _subset(mined: Path, count: int) -> Path:
@@ -139,16 +275,16 @@ def run_trial(name: str, overrides: dict, data_dir: Path, work: Path, train_quer
         rows = _scored(rows, parameters, study_only)
     prepared_s = time.time() - started
 
+    validation_rows, validation_pool = _validation_pool(split, mined, parameters)
     model_dir = work / "models" / f"{name}_{train_queries}"
     load = os.getloadavg()[0]
     trained = fine_tune(rows, model_dir, _train_config(parameters, study_only))
     train_s = time.time() - started - prepared_s
     evaluation = evaluate_retrieval(
-        mined / "test.jsonl", split / "corpus.jsonl", parameters.student_model, model_dir,
+        validation_rows, validation_pool, parameters.student_model, model_dir,
         work / "evaluations" / f"{name}_{train_queries}",
         EvaluateConfig(query_max_len=parameters.query_max_len, passage_max_len=parameters.passage_max_len,
-                       lexical_baselines=False, permutations=10_000, encode=_encode(parameters)),
-        base_passage_embeddings=mined / "base_embeddings")
+                       lexical_baselines=False, permutations=10_000, encode=_encode(parameters)))
     shutil.rmtree(model_dir, ignore_errors=True)  # 470 MB each; the figures are what the study keeps
     flat, summary = evaluation.flat, trained.summary
     return {
@@ -273,33 +409,40 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "recipe_study.json")
     parser.add_argument("--train-queries", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--trials", nargs="*", default=[], help="trial names (see --list)")
-    parser.add_argument("--list", action="store_true", help="print the trials and exit")
+    parser.add_argument("--trials", nargs="*", default=[], help="trials: reference, or levers joined by + (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the levers and exit")
     parser.add_argument("--table", action="store_true", help="print the table of the results so far and exit")
+    parser.add_argument("--seed-memo", type=Path, metavar="MINED_FOLDER",
+                        help="put a finished mining run's pool vectors into the study's memo and exit")
     parser.add_argument("--teacher-candidates", nargs="*", type=float, metavar="WEIGHT",
                         help="rank the validation queries with each candidate teacher (hybrid weights given) and exit")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.list:
-        for name, overrides in TRIALS.items():
+        for name, overrides in LEVERS.items():
             print(f"{name}: {overrides}")
         return 0
     study = _load(args.output)
     if args.table:
         print_table(study)
         return 0
+    if args.seed_memo:
+        seed_memo_from_mining(args.work_dir, args.seed_memo, args.work_dir / "validation_split")
+        return 0
     if args.teacher_candidates is not None:
+        memoize_base_model_vectors(args.work_dir)
         study["teacher_candidates"] = teacher_candidates(args.data_dir, args.work_dir, args.teacher_candidates)
         _save(args.output, study)
         print(json.dumps(study["teacher_candidates"], indent=1))
         return 0
-    unknown = [name for name in args.trials if name not in TRIALS]
+    unknown = [lever for name in args.trials for lever in name.split("+") if lever not in LEVERS]
     if unknown:
-        parser.error(f"unknown trials {unknown}; known: {', '.join(TRIALS)}")
+        parser.error(f"unknown levers {unknown}; known: {', '.join(LEVERS)}")
     study["machine"] = machine()
+    memoize_base_model_vectors(args.work_dir)
     for name in args.trials:
         logger.info("trial %s (%d training queries, %g epochs)", name, args.train_queries, args.epochs)
-        record = run_trial(name, TRIALS[name], args.data_dir, args.work_dir, args.train_queries, args.epochs)
+        record = run_trial(name, trial_overrides(name), args.data_dir, args.work_dir, args.train_queries, args.epochs)
         study["trials"] = [r for r in study["trials"] if not (r["trial"] == name and r["train_queries"] ==
                                                                args.train_queries and r["epochs"] == args.epochs)]
         study["trials"].append(record)
