@@ -48,7 +48,7 @@ logger = logging.getLogger("benchmarks.recipe_study")
 VALIDATION_FRACTION = 0.15
 # The validation pool: per validation query, this many of the base model's and of BM25's
 # best passages in the whole corpus, plus every validation positive.
-VALIDATION_CANDIDATES = 30
+VALIDATION_CANDIDATES = 10
 REFERENCE = "reference"
 # Levers: overrides of the local preset's pipeline parameters, plus two study-only knobs
 # (warmup_ratio, a TrainConfig field the pipeline does not expose; lexical_weight, the
