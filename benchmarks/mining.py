@@ -269,9 +269,9 @@ def _worker_ours(spec: dict) -> dict:
             timings["dtype"] = dtype_name(self.dtype)
             recorder.attach(self.model)
 
-        def encode_queries(self, texts, description="encode queries"):
+        def encode_queries(self, texts, description="encode queries", instructions=None):
             started = time.perf_counter()
-            captured["queries"] = super().encode_queries(texts, description)
+            captured["queries"] = super().encode_queries(texts, description, instructions)
             timings["encode_s"] += time.perf_counter() - started
             timings["encode_texts"] += len(texts)
             return captured["queries"]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from components.jsonl_files import atomic_path
-from components.model_profiles import E5_PROFILE, ModelProfile, write_model_profile
+from components.encoding_profiles import E5_PROFILE, ModelProfile, write_model_profile
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

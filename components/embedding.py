@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from components.model_profiles import ModelProfile, ResolvedModel
+from components.config_values import check_config
+from components.encoding_profiles import ModelProfile
+from components.model_profiles import ResolvedModel
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ class EncodeConfig:
     precision: Precision = "auto"
     device: str = "auto"
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if self.batch_size < 1 or self.max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be at least 1")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -114,13 +121,26 @@ class TextEncoder:
         return int(self.model.config.hidden_size)
 
     def fingerprint(self, kind: str) -> str:
-        """Identifies vectors: same fingerprint, same vectors (model, profile, kind, dtype)."""
+        """Identifies vectors: same fingerprint, same vectors (model, the profile fields that
+        shape this kind of text, kind, dtype). Query settings do not change passage vectors,
+        so a step that reads queries differently still shares another's passage vectors."""
+        side = "query" if kind == "query" else "passage"
+        shaping = {name: value for name, value in self.profile.to_dict().items()
+                   if name in ("pooling", "normalize") or name.startswith(side)}
         digest = hashlib.sha256()
-        digest.update(repr((self.model_ref.path, self.profile.to_dict(), kind, str(self.dtype))).encode())
+        digest.update(repr((self.model_ref.path, shaping, kind, str(self.dtype))).encode())
         return digest.hexdigest()[:16]
 
-    def encode_queries(self, texts: Sequence[str], description: str = "encode queries") -> np.ndarray:
-        formatted = [self.profile.format_query(t) for t in texts]
+    def encode_queries(self, texts: Sequence[str], description: str = "encode queries",
+                       instructions: Sequence[str | None] | None = None) -> np.ndarray:
+        """Query vectors; ``instructions[i]`` (a row's ``prompt``), where not None, replaces
+        the profile's query instruction for ``texts[i]``, as in FlagEmbedding's training."""
+        if instructions is None:
+            formatted = [self.profile.format_query(t) for t in texts]
+        else:
+            if len(instructions) != len(texts):
+                raise ValueError(f"{len(instructions)} instructions for {len(texts)} queries")
+            formatted = [self.profile.format_query(t, i) for t, i in zip(texts, instructions)]
         return self._encode(formatted, self.profile.query_max_len, description)
 
     def encode_passages(self, texts: Sequence[str], description: str = "encode passages") -> np.ndarray:

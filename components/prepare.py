@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.jsonl_files import DataError, read_jsonl, write_json, write_jsonl, write_text
+from components.config_values import check_config
+from components.jsonl_files import DataError, atomic_path, read_jsonl, write_json, write_jsonl, write_text
+from components.model_profiles import ProfileOverrides
 from components.training_rows import validate_corpus_row, validate_row
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class PrepareConfig:
         model: tokenizer used for the report's token statistics; empty skips them.
         query_max_len: query token budget the report checks truncation against.
         passage_max_len: passage token budget the report checks truncation against.
+        profile: pooling / normalize / instruction overrides for ``model`` (the instructions
+            count towards the query and passage tokens).
     """
 
     test_fraction: float = 0.1
@@ -48,8 +52,10 @@ class PrepareConfig:
     model: str = ""
     query_max_len: int = 512
     passage_max_len: int = 512
+    profile: ProfileOverrides = field(default_factory=ProfileOverrides, metadata={"flag_prefix": ""})
 
     def __post_init__(self) -> None:
+        check_config(self)
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
 
@@ -192,7 +198,7 @@ def _token_statistics(model_name: str, queries: list[str], passages: list[str], 
     from components.embedding import load_tokenizer
     from components.model_profiles import resolve_model
 
-    model = resolve_model(model_name)
+    model = resolve_model(model_name, config.profile)
     tokenizer = load_tokenizer(model)
     stats: dict = {"model": model_name}
     for kind, texts, max_len, fmt in (
@@ -245,7 +251,8 @@ def prepare_training_data(
 
     Args:
         train_path: JSONL training rows (all rows, when no ``test_path`` is given).
-        output_dir: receives train.jsonl, test.jsonl, corpus.jsonl, data_report.{json,md}.
+        output_dir: receives train.jsonl, test.jsonl, corpus.jsonl, data_report.{json,md};
+            written as a whole, replacing an earlier run's folder.
         config: split and validation settings.
         test_path: a test split to use instead of splitting; checked to share no query or
             positive with the training rows.
@@ -297,7 +304,6 @@ def prepare_training_data(
     if config.model:
         report["tokens"] = _token_statistics(config.model, queries, passages, config)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     result = PreparedData(
         train=output_dir / TRAIN_FILENAME,
         test=output_dir / TEST_FILENAME,
@@ -306,11 +312,14 @@ def prepare_training_data(
         report_markdown=output_dir / REPORT_MD_FILENAME,
         report=report,
     )
-    write_jsonl(result.train, train_rows)
-    write_jsonl(result.test, test_rows)
-    write_jsonl(result.corpus, pool)
-    write_json(result.report_json, report)
-    write_text(result.report_markdown, _render_report_markdown(report))
+    # The folder appears whole or not at all, and holds nothing from an earlier run.
+    with atomic_path(output_dir) as staged:
+        staged.mkdir()
+        write_jsonl(staged / TRAIN_FILENAME, train_rows)
+        write_jsonl(staged / TEST_FILENAME, test_rows)
+        write_jsonl(staged / CORPUS_FILENAME, pool)
+        write_json(staged / REPORT_JSON_FILENAME, report)
+        write_text(staged / REPORT_MD_FILENAME, _render_report_markdown(report))
     logger.info("prepared %d train / %d test queries, global pool of %d passages",
                 len(train_rows), len(test_rows), len(pool))
     return result

@@ -30,15 +30,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from components.config_values import check_config
 from components.embedding import EncodeConfig, TextEncoder
-from components.jsonl_files import read_jsonl_objects, write_json, write_jsonl
-from components.model_profiles import resolve_model
+from components.embedding_cache import load_passage_embeddings_by_text
+from components.jsonl_files import atomic_path, read_jsonl_objects, write_json, write_jsonl
+from components.model_profiles import ProfileOverrides, locate_model, resolve_model
+from components.training_rows import query_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +73,15 @@ class ScoreConfig:
             uniform targets, so distillation mostly cannot teach.
         lexical_weight: the hybrid teacher's weight on its BM25 share (cosine + this x share);
             0.3 ranked best of 0.05-0.5 on a validation split of cmrc_drcd_zh (README, recipe study).
-        query_max_len: cross-encoder query tokens (FlagEmbedding's ``query_max_length``).
+        query_max_len: query tokens (the cross-encoder's ``query_max_length``; the embedding
+            teacher's query length).
+        passage_max_len: the embedding teacher's passage tokens; None keeps its profile's.
         max_length: cross-encoder pair tokens.
         batch_size: cross-encoder pairs per forward pass.
         devices: e.g. ``["cuda:0", "cuda:1"]``; empty lets FlagEmbedding pick (all GPUs, else CPU).
         fp16: half precision on GPU.
         encode: the embedding teacher's encoder settings.
+        profile: pooling / normalize / instruction overrides for an embedding teacher.
     """
 
     teacher: TeacherKind = "cross-encoder"
@@ -85,13 +91,16 @@ class ScoreConfig:
     cross_encoder_scores: CrossEncoderScores = "logits"
     lexical_weight: float = 0.3
     query_max_len: int = 512
+    passage_max_len: int | None = None
     max_length: int = 1024
     batch_size: int = 64
     devices: tuple[str, ...] = ()
     fp16: bool = True
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    profile: ProfileOverrides = field(default_factory=ProfileOverrides, metadata={"flag_prefix": ""})
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
         if self.lexical_weight < 0:
@@ -124,14 +133,15 @@ def _pairs(rows: list[dict]) -> list[tuple[str, str]]:
     return [(row["query"], passage) for row in rows for passage in row["pos"] + (row.get("neg") or [])]
 
 
-def _cross_encoder_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
+def _cross_encoder_scores(rows: list[dict], config: ScoreConfig, pool_embeddings: Path | None) -> np.ndarray:
+    """The reranker's score of every pair. A row's ``prompt`` is an instruction for the
+    embedding model, not the reranker: the reranker reads the bare query, as in the recipe."""
     import torch
     from FlagEmbedding import FlagReranker
 
-    model = resolve_model(config.teacher_model)
     devices = list(config.devices) or None
     reranker = FlagReranker(
-        model.path,
+        locate_model(config.teacher_model),
         use_fp16=config.fp16 and torch.cuda.is_available(),
         devices=devices,
         batch_size=config.batch_size,
@@ -143,29 +153,41 @@ def _cross_encoder_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64).reshape(-1)
 
 
-def _embedding_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
-    """Cosine similarity of every pair."""
-    encoder = TextEncoder(resolve_model(config.teacher_model), config.encode)
-    queries = list(dict.fromkeys(row["query"] for row in rows))
+def _embedding_scores(rows: list[dict], config: ScoreConfig, pool_embeddings: Path | None) -> np.ndarray:
+    """Cosine similarity of every pair; passage vectors come from ``pool_embeddings``
+    (mine's cache) where this very encoder made them."""
+    model = resolve_model(config.teacher_model, config.profile)
+    model = replace(model, profile=model.profile.with_max_lengths(config.query_max_len, config.passage_max_len))
+    encoder = TextEncoder(model, config.encode)
+    prompts = query_prompts(rows) or [None] * len(rows)
+    # A query is encoded once per instruction it is read with.
+    queries = list(dict.fromkeys(zip(prompts, (row["query"] for row in rows))))
     passages = list(dict.fromkeys(p for row in rows for p in row["pos"] + (row.get("neg") or [])))
-    query_vectors = encoder.encode_queries(queries, "teacher: queries")
-    passage_vectors = encoder.encode_passages(passages, "teacher: passages")
+    query_vectors = encoder.encode_queries([q for _, q in queries], "teacher: queries", [i for i, _ in queries])
+    cached = load_passage_embeddings_by_text(pool_embeddings, encoder.fingerprint("passage")) or {}
+    missing = [p for p in passages if p not in cached]
+    if cached:
+        logger.info("teacher: %d of %d passage vectors reused from mine's cache", len(passages) - len(missing),
+                    len(passages))
+    encoded = dict(zip(missing, encoder.encode_passages(missing, "teacher: passages")))
+    passage_vectors = np.stack([cached[p] if p in cached else encoded[p] for p in passages]) if passages \
+        else np.zeros((0, encoder.dimension), dtype=np.float32)
     if not encoder.profile.normalize:
         query_vectors /= np.linalg.norm(query_vectors, axis=1, keepdims=True).clip(min=1e-12)
         passage_vectors /= np.linalg.norm(passage_vectors, axis=1, keepdims=True).clip(min=1e-12)
     query_index = {q: i for i, q in enumerate(queries)}
     passage_index = {p: i for i, p in enumerate(passages)}
-    pairs = _pairs(rows)
-    q = query_vectors[[query_index[a] for a, _ in pairs]]
-    p = passage_vectors[[passage_index[b] for _, b in pairs]]
-    return (q * p).sum(axis=1).astype(np.float64)
+    q_rows = [query_index[(prompt, row["query"])] for prompt, row in zip(prompts, rows)
+              for _ in row["pos"] + (row.get("neg") or [])]
+    p_rows = [passage_index[b] for _, b in _pairs(rows)]
+    return (query_vectors[q_rows] * passage_vectors[p_rows]).sum(axis=1).astype(np.float64)
 
 
-def _hybrid_scores(rows: list[dict], config: ScoreConfig) -> np.ndarray:
+def _hybrid_scores(rows: list[dict], config: ScoreConfig, pool_embeddings: Path | None) -> np.ndarray:
     """Cosine plus ``lexical_weight`` x the pair's BM25 share of the query's bound."""
     from components.lexical_retrieval import BM25Index
 
-    cosine = _embedding_scores(rows, config)
+    cosine = _embedding_scores(rows, config, pool_embeddings)
     passages = list(dict.fromkeys(p for row in rows for p in row["pos"] + (row.get("neg") or [])))
     passage_index = {p: i for i, p in enumerate(passages)}
     index = BM25Index(passages)
@@ -214,14 +236,19 @@ def score_with_teacher(
     train_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     config: ScoreConfig = ScoreConfig(),
+    pool_embeddings: str | os.PathLike | None = None,
 ) -> Path:
     """Add ``pos_scores`` and ``neg_scores`` from the teacher to every row.
 
     Args:
         train_path: rows with ``pos`` and (mined) ``neg``.
         output_dir: receives train.jsonl, the scored rows (logits on the student's scale),
-            and teacher_scores.json, what they mean (teacher, temperature, scale).
+            and teacher_scores.json, what they mean (teacher, temperature, scale); written as
+            a whole, replacing an earlier run's folder.
         config: which teacher and how to run it.
+        pool_embeddings: mine's ``base_embeddings`` folder: an embedding teacher that is the
+            model mine used (same settings) reuses those passage vectors instead of
+            encoding the passages again.
 
     Returns:
         The scored rows' path.
@@ -229,7 +256,7 @@ def score_with_teacher(
     rows = read_jsonl_objects(train_path)
     logger.info("scoring %d pairs of %d rows with %s teacher %s (scores: %s / %g)", len(_pairs(rows)), len(rows),
                 config.teacher, config.teacher_model, config.raw_score, config.temperature)
-    raw = _TEACHER_SCORES[config.teacher](rows, config)
+    raw = _TEACHER_SCORES[config.teacher](rows, config, Path(pool_embeddings) if pool_embeddings else None)
     scores = raw / config.temperature
     scored = []
     cursor = 0
@@ -247,6 +274,8 @@ def score_with_teacher(
     if metadata["mean_positive_target"] is not None:
         logger.info("teacher targets give the positive %.3f of the mass on average",
                     metadata["mean_positive_target"])
-    write_jsonl(output_dir / SCORED_FILENAME, scored)
-    write_json(output_dir / METADATA_FILENAME, metadata)
+    with atomic_path(output_dir) as staged:
+        staged.mkdir()
+        write_jsonl(staged / SCORED_FILENAME, scored)
+        write_json(staged / METADATA_FILENAME, metadata)
     return output_dir / SCORED_FILENAME

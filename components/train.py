@@ -18,15 +18,17 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from components.config_values import check_config
 from components.embedding import cpu_has_native_bf16
+from components.encoding_profiles import ModelProfile, write_model_profile
 from components.jsonl_files import DataError, atomic_path, read_jsonl_objects, write_json, write_jsonl
-from components.model_profiles import ModelProfile, ResolvedModel, resolve_model, write_model_profile
+from components.model_profiles import ProfileOverrides, ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +85,6 @@ class TrainConfig:
         deepspeed: run under DeepSpeed with the stage-0 config.
         negatives_cross_device: ``auto`` = on when the world size is above 1.
         temperature: similarity temperature of the contrastive loss.
-        normalize_embeddings: L2-normalize embeddings in the loss.
         freeze_word_embeddings: keep the word-embedding matrix fixed (on CPU most of a step
             is AdamW over it; e5-small's is 96 M of 118 M parameters).
         fix_position_embedding: FlagEmbedding's flag to freeze position embeddings.
@@ -94,6 +95,9 @@ class TrainConfig:
         nnodes: nodes (PyTorchJob replicas).
         nproc_per_node: processes per node (GPUs per node on a cluster).
         dataloader_num_workers: data-loading workers per process.
+        profile: pooling / normalize / instruction overrides for ``model``; the profile's
+            ``normalize`` is FlagEmbedding's ``normalize_embeddings``, and the saved model's
+            profile records what it was trained with.
     """
 
     model: str = "BAAI/bge-large-zh-v1.5"
@@ -114,7 +118,6 @@ class TrainConfig:
     deepspeed: bool = True
     negatives_cross_device: Switch = "auto"
     temperature: float = 0.02
-    normalize_embeddings: bool = True
     freeze_word_embeddings: bool = False
     fix_position_embedding: bool = False
     logging_steps: int = 10
@@ -124,8 +127,12 @@ class TrainConfig:
     nnodes: int = 1
     nproc_per_node: int = 2
     dataloader_num_workers: int = 0
+    profile: ProfileOverrides = field(default_factory=ProfileOverrides, metadata={"flag_prefix": ""})
 
     def __post_init__(self) -> None:
+        check_config(self)
+        if self.per_device_train_batch_size < 1:
+            raise ValueError("per_device_train_batch_size must be at least 1")
         if self.train_group_size < 2:
             raise ValueError("train_group_size must be at least 2 (a positive and a negative)")
         if self.nnodes < 1 or self.nproc_per_node < 1:
@@ -164,8 +171,13 @@ def build_flag_arguments(
     knowledge_distillation: bool,
     deepspeed_config: str | os.PathLike | None = None,
     cache_path: str | os.PathLike | None = None,
+    row_prompts: bool = False,
 ) -> list[str]:
-    """FlagEmbedding ``encoder_only.base`` flags for this config and model."""
+    """FlagEmbedding ``encoder_only.base`` flags for this config and model.
+
+    ``row_prompts``: some rows carry a ``prompt``; FlagEmbedding reads it only when a query
+    instruction is set, so one is set (empty) for a model that has none.
+    """
     profile: ModelProfile = model.profile
     precision = resolve_precision(config.precision)
     cross_device = _switch(config.negatives_cross_device, config.world_size > 1)
@@ -195,13 +207,13 @@ def build_flag_arguments(
         "negatives_cross_device": cross_device,
         "temperature": config.temperature,
         "sentence_pooling_method": profile.pooling,
-        "normalize_embeddings": config.normalize_embeddings,
+        "normalize_embeddings": profile.normalize,
         "kd_loss_type": config.kd_loss_type,
         "fix_position_embedding": config.fix_position_embedding,
         "seed": config.seed,
         "report_to": "none",
     }
-    if profile.query_instruction:
+    if profile.query_instruction or row_prompts:
         flags["query_instruction_for_retrieval"] = profile.query_instruction
         flags["query_instruction_format"] = profile.query_instruction_format
     if profile.passage_instruction:
@@ -298,6 +310,19 @@ def _run_streaming(command: list[str], env: dict[str, str], log_path: Path) -> l
     return lines
 
 
+def _check_optimizer_steps(rows: int, config: TrainConfig) -> int:
+    """Optimizer steps per epoch; zero steps is an error that says what to change."""
+    per_step = config.per_device_train_batch_size * config.world_size
+    steps = rows // per_step  # FlagEmbedding's loader drops the last incomplete batch
+    if steps == 0:
+        raise ValueError(
+            f"{rows} training rows give no optimizer step: a step takes per_device_train_batch_size "
+            f"({config.per_device_train_batch_size}) x world size ({config.world_size}) = {per_step} rows and "
+            f"the last incomplete batch is dropped; lower per_device_train_batch_size or nproc_per_node/nnodes, "
+            f"or give at least {per_step} rows")
+    return steps
+
+
 def fine_tune(
     train_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -309,17 +334,38 @@ def fine_tune(
         train_path: rows with ``neg`` (and ``pos_scores``/``neg_scores`` for distillation).
         output_dir: receives the fine-tuned model (written as a whole at the end).
         config: the recipe's flags.
+
+    Raises:
+        ValueError: the rows give no optimizer step, or training logged no loss (nothing
+            was learned: no model is written).
     """
     train_path = Path(train_path)
     output_dir = Path(output_dir)
-    base = resolve_model(config.model)
+    base = resolve_model(config.model, config.profile)
     profile = base.profile.with_max_lengths(config.query_max_len, config.passage_max_len)
     base = replace(base, profile=profile)
+    rows, distill = _training_rows(read_jsonl_objects(train_path), train_path, config, profile)
+    steps_per_epoch = _check_optimizer_steps(len(rows), config)
+    # FlagEmbedding fills a short group by drawing negatives again, with replacement.
+    short = sum(len(row["neg"]) < config.train_group_size - 1 for row in rows)
+    if short:
+        logger.warning("%d of %d rows have fewer than train_group_size - 1 = %d negatives; FlagEmbedding "
+                       "repeats negatives to fill their groups", short, len(rows), config.train_group_size - 1)
 
     work = output_dir.parent / f".{output_dir.name}.training"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    rows, distill = _training_rows(read_jsonl_objects(train_path), train_path, config, profile)
+    try:
+        return _train_in(work, rows, distill, base, output_dir, config,
+                         {"rows_short_of_negatives": short, "steps_per_epoch": steps_per_epoch})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _train_in(work: Path, rows: list[dict], distill: bool, base: ResolvedModel, output_dir: Path,
+              config: TrainConfig, data_summary: dict) -> TrainResult:
+    """Run FlagEmbedding in the scratch folder ``work`` and save the model to ``output_dir``."""
+    profile = base.profile
     data_file = work / "train_data.jsonl"
     write_jsonl(data_file, rows)
     deepspeed_file = None
@@ -328,7 +374,8 @@ def fine_tune(
         write_json(deepspeed_file, DEEPSPEED_STAGE0_CONFIG)
 
     trained = work / "model"
-    flags = build_flag_arguments(config, base, data_file, trained, distill, deepspeed_file, work / "datasets_cache")
+    flags = build_flag_arguments(config, base, data_file, trained, distill, deepspeed_file, work / "datasets_cache",
+                                 row_prompts=any("prompt" in row for row in rows))
     # Inside a Kubeflow PyTorchJob replica the operator has set the rendezvous variables.
     command = build_torchrun_command(config, flags, pytorchjob="PET_NNODES" in os.environ)
     env = dict(os.environ)
@@ -341,31 +388,40 @@ def fine_tune(
     records = _parse_trainer_logs(lines)
     losses = [r["loss"] for r in records if "loss" in r]
     runtime = next((r for r in records if "train_runtime" in r), {})
+    final_loss = losses[-1] if losses else runtime.get("train_loss")
+    node_rank = int(os.environ.get("PET_NODE_RANK", "0"))
+    # The Trainer logs on the first node only, and reports a train_loss of 0 when it took
+    # no step at all.
+    if node_rank == 0 and (final_loss is None or final_loss != final_loss or (not losses and final_loss == 0)):
+        raise ValueError(
+            f"training logged no loss, so nothing was learned and no model is written (optimizer steps per "
+            f"epoch: {data_summary['steps_per_epoch']}, max_steps: {config.max_steps}); the trainer's output is above")
     summary = {
         "base_model": config.model,
         "knowledge_distillation": distill,
         "precision": resolve_precision(config.precision),
         "world_size": config.world_size,
         "train_rows": len(rows),
+        **data_summary,
+        "profile": profile.to_dict(),
         "losses": losses,
-        "final_loss": losses[-1] if losses else runtime.get("train_loss"),
+        "final_loss": final_loss,
         "train_runtime_s": runtime.get("train_runtime"),
         "train_samples_per_second": runtime.get("train_samples_per_second"),
         "config": asdict(config),
         "command": command,
     }
-    if int(os.environ.get("PET_NODE_RANK", "0")) != 0:
+    if node_rank != 0:
         # Only the first node's main process saves the model (the Trainer's rule).
         logger.info("node %s done; node 0 writes the model", os.environ["PET_NODE_RANK"])
-        shutil.rmtree(work, ignore_errors=True)
         return TrainResult(model_dir=output_dir, summary=summary)
     with atomic_path(output_dir) as staged:
         shutil.copytree(trained, staged, ignore=None if config.keep_checkpoints
                         else shutil.ignore_patterns("checkpoint-*"))
+        # The saved profile is the one trained with: pooling, instructions, normalization.
         write_model_profile(staged, profile)
         shutil.copy2(work / "train.log", staged / TRAINING_LOG_FILENAME)
         (staged / SUMMARY_FILENAME).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n",
                                                encoding="utf-8")
-    shutil.rmtree(work, ignore_errors=True)
     logger.info("fine-tuned model in %s (final loss %s)", output_dir, summary["final_loss"])
     return TrainResult(model_dir=output_dir, summary=summary)

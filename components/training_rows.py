@@ -96,3 +96,15 @@ def validate_corpus_row(row: Any, path: str | os.PathLike, line: int) -> dict:
         if not isinstance(row[name], str) or not row[name].strip():
             raise DataError(path, line, name, "must be a non-empty string")
     return row
+
+
+def query_prompts(rows: list[dict]) -> list[str | None] | None:
+    """Each row's ``prompt`` (None where a row has none or an empty one), or None when no
+    row has one: what :meth:`TextEncoder.encode_queries` takes as ``instructions``.
+
+    A row's prompt replaces the model's query instruction for that row, as in
+    FlagEmbedding's training data, so mining, scoring and evaluation encode the query the
+    way training does.
+    """
+    prompts = [row.get("prompt") or None for row in rows]
+    return prompts if any(prompts) else None

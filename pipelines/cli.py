@@ -9,9 +9,12 @@ step on files.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,16 +34,17 @@ def _add_split_files(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True)
 
 
-def _add_encode_flags(parser: argparse.ArgumentParser) -> None:
-    from components.embedding import EncodeConfig
+def _fetch_inputs(args: argparse.Namespace, *names: str) -> None:
+    """Step commands take ``s3://`` URIs, as the pipeline does: each named input is fetched
+    to a temporary folder (removed at exit) and checked to exist before any work."""
+    from components.data_sources import fetch_input
 
-    add_config_flags(parser, EncodeConfig, prefix="encode_")
-
-
-def _encode_config(args: argparse.Namespace):
-    from components.embedding import EncodeConfig
-
-    return config_from_flags(EncodeConfig, args, prefix="encode_")
+    work = tempfile.mkdtemp(prefix="searchtune-inputs-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    for name in names:
+        value = getattr(args, name, None)
+        if value:
+            setattr(args, name, str(fetch_input(value, work)))
 
 
 def _command_sample_data(args: argparse.Namespace) -> int:
@@ -54,6 +58,7 @@ def _command_sample_data(args: argparse.Namespace) -> int:
 def _command_prepare(args: argparse.Namespace) -> int:
     from components.prepare import PrepareConfig, prepare_training_data
 
+    _fetch_inputs(args, "train_data", "test_data", "corpus")
     result = prepare_training_data(args.train_data, args.output_dir, config_from_flags(PrepareConfig, args),
                                    test_path=args.test_data, corpus_path=args.corpus)
     print(result.report_markdown.read_text(encoding="utf-8"))
@@ -63,8 +68,9 @@ def _command_prepare(args: argparse.Namespace) -> int:
 def _command_mine(args: argparse.Namespace) -> int:
     from components.mine import MineConfig, mine_hard_negatives
 
+    _fetch_inputs(args, "train_data", "test_data", "corpus")
     result = mine_hard_negatives(args.train_data, args.output_dir,
-                                 config_from_flags(MineConfig, args, encode=_encode_config(args)),
+                                 config_from_flags(MineConfig, args),
                                  test_path=args.test_data, corpus_path=args.corpus)
     print(json.dumps(result.stats, indent=2))
     return 0
@@ -73,14 +79,16 @@ def _command_mine(args: argparse.Namespace) -> int:
 def _command_score(args: argparse.Namespace) -> int:
     from components.score import ScoreConfig, score_with_teacher
 
-    print(score_with_teacher(args.train_data, args.output_dir,
-                             config_from_flags(ScoreConfig, args, encode=_encode_config(args))))
+    _fetch_inputs(args, "train_data")
+    print(score_with_teacher(args.train_data, args.output_dir, config_from_flags(ScoreConfig, args),
+                             pool_embeddings=args.pool_embeddings))
     return 0
 
 
 def _command_train(args: argparse.Namespace) -> int:
     from components.train import TrainConfig, fine_tune
 
+    _fetch_inputs(args, "train_data")
     result = fine_tune(args.train_data, args.output_dir, config_from_flags(TrainConfig, args))
     print(f"model: {result.model_dir}\nfinal loss: {result.summary['final_loss']}")
     return 0
@@ -89,8 +97,9 @@ def _command_train(args: argparse.Namespace) -> int:
 def _command_evaluate(args: argparse.Namespace) -> int:
     from components.evaluate import EvaluateConfig, evaluate_retrieval
 
+    _fetch_inputs(args, "test_data", "corpus")
     result = evaluate_retrieval(args.test_data, args.corpus, args.base_model, args.finetuned_model,
-                                args.output_dir, config_from_flags(EvaluateConfig, args, encode=_encode_config(args)),
+                                args.output_dir, config_from_flags(EvaluateConfig, args),
                                 base_passage_embeddings=args.base_embeddings)
     print(Path(result.report_md_path).read_text(encoding="utf-8"))
     return 0
@@ -107,6 +116,9 @@ def _command_compile(args: argparse.Namespace) -> int:
 
 
 def _pipeline_parameters(args: argparse.Namespace):
+    """The preset with --train-data/--test-data/--corpus and every --set applied; each
+    value parsed strictly and every step's config built, so a bad value stops here,
+    before KFP starts."""
     from pipelines.parameters import PRESETS
 
     overrides: dict = {}
@@ -115,21 +127,11 @@ def _pipeline_parameters(args: argparse.Namespace):
         if value:
             overrides[name] = value if value.startswith("s3://") else str(Path(value).resolve())
     for item in args.set or []:
-        key, _, raw = item.partition("=")
-        if not _:
+        key, equals, raw = item.partition("=")
+        if not equals:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.replace("-", "_")] = raw
-    preset = PRESETS[args.preset]
-    typed = {}
-    for key, raw in overrides.items():
-        current = getattr(preset, key, None)
-        if isinstance(current, bool):
-            typed[key] = str(raw).lower() in ("1", "true", "yes", "on")
-        elif current is not None and not isinstance(raw, type(current)):
-            typed[key] = type(current)(raw)
-        else:
-            typed[key] = raw
-    return preset.with_overrides(**typed)
+    return PRESETS[args.preset].with_overrides(**overrides)
 
 
 def _command_run(args: argparse.Namespace) -> int:
@@ -206,14 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     mine = commands.add_parser("mine", help="mine hard negatives")
     _add_split_files(mine)
     add_config_flags(mine, MineConfig)
-    _add_encode_flags(mine)
     mine.set_defaults(handler=_command_mine)
 
     score = commands.add_parser("score", help="teacher scores for knowledge distillation")
     score.add_argument("--train-data", required=True)
     score.add_argument("--output-dir", required=True)
+    score.add_argument("--pool-embeddings", help="base_embeddings folder written by mine: an embedding teacher "
+                       "that is mine's model reuses its passage vectors")
     add_config_flags(score, ScoreConfig)
-    _add_encode_flags(score)
     score.set_defaults(handler=_command_score)
 
     train = commands.add_parser("train", help="fine-tune with FlagEmbedding under torchrun")
@@ -230,7 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--base-embeddings", help="base_embeddings folder written by mine")
     evaluate.add_argument("--output-dir", required=True)
     add_config_flags(evaluate, EvaluateConfig)
-    _add_encode_flags(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)
     return parser
 

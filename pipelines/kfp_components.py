@@ -15,18 +15,35 @@ SEARCHTUNE_IMAGE = os.environ.get("SEARCHTUNE_IMAGE", "ghcr.io/searchtune/search
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
+def fingerprint_inputs(train_data: str, test_data: str, corpus: str) -> str:
+    """What the input locations hold now (S3: ETag, size, mtime; files: SHA-256).
+
+    Runs uncached in every run; prepare takes its output as a parameter, so prepare's cache
+    key (and everything after it) follows the data, not the URI.
+    """
+    from components.data_sources import fingerprint_inputs as fingerprint
+
+    return fingerprint([train_data, test_data, corpus])
+
+
+@dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
 def prepare_data(
     train_data: str,
     test_data: str,
     corpus: str,
+    input_fingerprint: str,
     sample_queries: int,
     sample_seed: int,
     test_fraction: float,
     seed: int,
     skip_invalid: bool,
-    model: str,
+    student_model: str,
     query_max_len: int,
     passage_max_len: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     train_set: Output[Dataset],
     test_set: Output[Dataset],
     global_pool: Output[Dataset],
@@ -39,20 +56,19 @@ def prepare_data(
     from components.data_sources import resolve_training_inputs
     from components.prepare import PrepareConfig, prepare_training_data
     from components.sample_data import SampleDataConfig
+    from pipelines.parameters import step_config
 
+    # Checked before any work; input_fingerprint is here for the cache key only.
+    config, sample = step_config(PrepareConfig, locals()), step_config(SampleDataConfig, locals())
     work = tempfile.mkdtemp(prefix="prepare-")
-    inputs = resolve_training_inputs(train_data, test_data, corpus, work,
-                                     SampleDataConfig(seed=sample_seed, num_queries=sample_queries))
-    prepared = prepare_training_data(
-        inputs.train, f"{work}/out",
-        PrepareConfig(test_fraction=test_fraction, seed=seed, skip_invalid=skip_invalid, model=model,
-                      query_max_len=query_max_len, passage_max_len=passage_max_len),
-        test_path=inputs.test, corpus_path=inputs.corpus)
+    inputs = resolve_training_inputs(train_data, test_data, corpus, work, sample)
+    prepared = prepare_training_data(inputs.train, f"{work}/out", config, test_path=inputs.test,
+                                     corpus_path=inputs.corpus)
     for source, artifact in ((prepared.train, train_set), (prepared.test, test_set),
                              (prepared.corpus, global_pool), (prepared.report_markdown, data_report)):
         shutil.move(str(source), artifact.path)
     counts = prepared.report["counts"]
-    train_set.metadata.update({"rows": counts["train_queries"]})
+    train_set.metadata.update({"rows": counts["train_queries"], "input_fingerprint": input_fingerprint})
     test_set.metadata.update({"rows": counts["test_queries"]})
     global_pool.metadata.update({"passages": counts["global_pool_passages"]})
 
@@ -62,7 +78,7 @@ def mine_negatives(
     train_set: Input[Dataset],
     test_set: Input[Dataset],
     global_pool: Input[Dataset],
-    model: str,
+    student_model: str,
     negative_range: str,
     negative_number: int,
     max_negative_score_fraction: float,
@@ -70,6 +86,10 @@ def mine_negatives(
     query_max_len: int,
     passage_max_len: int,
     encode_batch_size: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     mined_train: Output[Dataset],
     mined_test: Output[Dataset],
     base_embeddings: Output[Artifact],
@@ -78,14 +98,10 @@ def mine_negatives(
     import shutil
     import tempfile
 
-    from components.embedding import EncodeConfig
-    from components.mine import MineConfig, mine_hard_negatives, parse_range
+    from components.mine import MineConfig, mine_hard_negatives
+    from pipelines.parameters import step_config
 
-    config = MineConfig(model=model, range_for_sampling=parse_range(negative_range),
-                        negative_number=negative_number,
-                        max_negative_score_fraction=max_negative_score_fraction or None, seed=seed,
-                        query_max_len=query_max_len, passage_max_len=passage_max_len,
-                        encode=EncodeConfig(batch_size=encode_batch_size))
+    config = step_config(MineConfig, locals())
     mined = mine_hard_negatives(train_set.path, tempfile.mkdtemp(prefix="mine-"), config,
                                 test_path=test_set.path, corpus_path=global_pool.path)
     shutil.move(str(mined.train), mined_train.path)
@@ -97,27 +113,38 @@ def mine_negatives(
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
 def score_pairs(
     mined_train: Input[Dataset],
+    base_embeddings: Input[Artifact],
+    student_model: str,
     teacher: str,
     teacher_model: str,
     teacher_temperature: float,
     cross_encoder_scores: str,
-    student_temperature: float,
+    temperature: float,
+    query_max_len: int,
+    passage_max_len: int,
     encode_batch_size: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     scored_train: Output[Dataset],
 ):
     """Teacher scores for every (query, passage) pair: the soft labels for distillation."""
+    import dataclasses
     import json
     import shutil
     import tempfile
 
-    from components.embedding import EncodeConfig
+    from components.model_profiles import ProfileOverrides
     from components.score import METADATA_FILENAME, ScoreConfig, score_with_teacher
+    from pipelines.parameters import step_config
 
-    config = ScoreConfig(teacher=teacher, teacher_model=teacher_model,
-                         teacher_temperature=teacher_temperature or None,
-                         cross_encoder_scores=cross_encoder_scores, student_temperature=student_temperature,
-                         encode=EncodeConfig(batch_size=encode_batch_size))
-    scored = score_with_teacher(mined_train.path, tempfile.mkdtemp(prefix="score-"), config)
+    config = step_config(ScoreConfig, locals())
+    if teacher_model != student_model:
+        # The profile overrides describe the student; another teacher keeps its own profile.
+        config = dataclasses.replace(config, profile=ProfileOverrides())
+    scored = score_with_teacher(mined_train.path, tempfile.mkdtemp(prefix="score-"), config,
+                                pool_embeddings=base_embeddings.path)
     metadata = json.loads((scored.parent / METADATA_FILENAME).read_text(encoding="utf-8"))
     shutil.move(str(scored), scored_train.path)
     # What the scores mean (teacher, temperature, scale) travels with the artifact.
@@ -127,7 +154,7 @@ def score_pairs(
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
 def fine_tune_embedder(
     scored_train: Input[Dataset],
-    model: str,
+    student_model: str,
     train_group_size: int,
     query_max_len: int,
     passage_max_len: int,
@@ -143,27 +170,35 @@ def fine_tune_embedder(
     freeze_word_embeddings: bool,
     nproc_per_node: int,
     seed: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     finetuned_model: Output[Model],
     training_metrics: Output[Metrics],
 ):
     """FlagEmbedding fine-tuning under torchrun (one node; PyTorchJob on the cluster)."""
-    from components.train import TrainConfig, fine_tune
+    import json
 
-    config = TrainConfig(model=model, train_group_size=train_group_size, query_max_len=query_max_len,
-                         passage_max_len=passage_max_len, knowledge_distillation=knowledge_distillation,
-                         learning_rate=learning_rate, temperature=temperature,
-                         num_train_epochs=num_train_epochs, max_steps=max_steps,
-                         per_device_train_batch_size=per_device_train_batch_size, precision=precision,
-                         deepspeed=deepspeed, gradient_checkpointing=gradient_checkpointing,
-                         freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node,
-                         seed=seed)
+    from components.train import TrainConfig, fine_tune
+    from pipelines.parameters import step_config
+
+    config = step_config(TrainConfig, locals())
     result = fine_tune(scored_train.path, finetuned_model.path, config)
-    finetuned_model.metadata.update({"base_model": model, "framework": "FlagEmbedding",
-                                     "knowledge_distillation": result.summary["knowledge_distillation"]})
-    if result.summary["final_loss"] is not None:
-        training_metrics.log_metric("final_train_loss", float(result.summary["final_loss"]))
-    if result.summary["train_runtime_s"] is not None:
-        training_metrics.log_metric("train_runtime_s", float(result.summary["train_runtime_s"]))
+    summary = result.summary
+    finetuned_model.metadata.update({"base_model": student_model, "framework": "FlagEmbedding",
+                                     "knowledge_distillation": summary["knowledge_distillation"],
+                                     "normalize": summary["profile"]["normalize"],
+                                     "pooling": summary["profile"]["pooling"]})
+    if summary["final_loss"] is not None:  # None on a PyTorchJob node other than the first
+        training_metrics.log_metric("final_train_loss", float(summary["final_loss"]))
+    training_metrics.log_metric("rows_short_of_negatives", float(summary["rows_short_of_negatives"]))
+    if summary["train_runtime_s"] is not None:
+        training_metrics.log_metric("train_runtime_s", float(summary["train_runtime_s"]))
+    # kfp.local reuses a cached task only while every output artifact's file exists; a
+    # Metrics artifact lives in its metadata, so its file holds the same values.
+    with open(training_metrics.path, "w", encoding="utf-8") as handle:
+        json.dump(training_metrics.metadata, handle, indent=2)
 
 
 @dsl.component(base_image=SEARCHTUNE_IMAGE, install_kfp_package=False)
@@ -176,6 +211,10 @@ def evaluate_models(
     query_max_len: int,
     passage_max_len: int,
     encode_batch_size: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     metrics: Output[Metrics],
     report: Output[Markdown],
     report_html: Output[HTML],
@@ -185,11 +224,10 @@ def evaluate_models(
     import shutil
     import tempfile
 
-    from components.embedding import EncodeConfig
     from components.evaluate import EvaluateConfig, evaluate_retrieval
+    from pipelines.parameters import step_config
 
-    config = EvaluateConfig(query_max_len=query_max_len, passage_max_len=passage_max_len,
-                            encode=EncodeConfig(batch_size=encode_batch_size))
+    config = step_config(EvaluateConfig, locals())
     result = evaluate_retrieval(mined_test.path, global_pool.path, base_model, finetuned_model.path,
                                 tempfile.mkdtemp(prefix="evaluate-"), config,
                                 base_passage_embeddings=base_embeddings.path)
@@ -197,6 +235,8 @@ def evaluate_models(
         # KFP metrics must be numbers; separation is NaN when no test row has negatives.
         if value == value:
             metrics.log_metric(name, float(value))
+    # kfp.local reuses a cached task only while every output artifact's file exists.
+    shutil.copy(str(result.metrics_path), metrics.path)
     shutil.move(str(result.report_md_path), report.path)
     shutil.move(str(result.report_html_path), report_html.path)
     shutil.move(str(result.metrics_path), results.path)

@@ -1,4 +1,12 @@
-"""The pipeline's parameters in one typed place: the recipe's values, and the local preset.
+"""The pipeline's parameters: each one sets a step config's field and takes its default.
+
+``PipelineParameters`` lists the parameters the pipeline takes (name and KFP type). Every
+default comes from the step config field the parameter sets (:func:`step_field`), so the
+recipe's values live in one place, the step configs; a test checks that every parameter
+reaches its fields and that the types agree. :func:`step_config` builds a step's config
+from parameter values: ``searchtune run --local`` does it for every step before KFP starts,
+and each KFP component body does it for its own step, so a bad value stops with the
+parameter's name and its allowed values before any work.
 
 ``RECIPE`` is the cluster run as the recipe describes it (bge-large-zh-v1.5, the
 bge-reranker-v2-m3 teacher, 512-token inputs, group 8, 5 epochs, fp16, DeepSpeed, two
@@ -9,63 +17,188 @@ lengths that fit the sample data, bf16 where the CPU has it, word embeddings fro
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import dataclasses
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, get_type_hints
 
+from components.config_values import ParameterError, check_value, parse_value
+from components.embedding import EncodeConfig
+from components.evaluate import EvaluateConfig
+from components.mine import MineConfig, format_range, parse_range
+from components.model_profiles import ProfileOverrides
+from components.prepare import PrepareConfig
 from components.sample_data import SampleDataConfig
+from components.score import ScoreConfig
+from components.train import TrainConfig
+
+# Step configs whose fields pipeline parameters set.
+STEP_CONFIGS = (SampleDataConfig, PrepareConfig, MineConfig, ScoreConfig, TrainConfig, EvaluateConfig, EncodeConfig,
+                ProfileOverrides)
+
+
+@dataclass(frozen=True)
+class ParameterSource:
+    """Which config fields a pipeline parameter sets, and how its KFP value maps to theirs.
+
+    Attributes:
+        targets: ``(config class, field name)`` pairs; the first gives the default.
+        to_config: the KFP value as the fields' value (e.g. ``"2-200"`` → ``(2, 200)``).
+        to_parameter: a field value as the KFP value (the inverse).
+    """
+
+    targets: tuple[tuple[type, str], ...]
+    to_config: Callable[[Any], Any] = lambda value: value
+    to_parameter: Callable[[Any], Any] = lambda value: value
+
+
+def _field_default(config: type, name: str) -> Any:
+    for candidate in fields(config):
+        if candidate.name == name:
+            if candidate.default is not MISSING:
+                return candidate.default
+            return candidate.default_factory()  # type: ignore[misc]
+    raise AttributeError(f"{config.__name__} has no field {name!r}")
+
+
+def step_field(*targets: tuple[type, str], to_config: Callable[[Any], Any] | None = None,
+               to_parameter: Callable[[Any], Any] | None = None) -> Any:
+    """A pipeline parameter that sets ``targets``' fields; its default is the first one's."""
+    conversions = {name: f for name, f in (("to_config", to_config), ("to_parameter", to_parameter)) if f}
+    source = ParameterSource(targets, **conversions)
+    return field(default=source.to_parameter(_field_default(*targets[0])), metadata={"source": source})
+
+
+def _zero_as_none(value: float) -> float | None:
+    return value or None
+
+
+def _none_as_zero(value: float | None) -> float:
+    return 0.0 if value is None else value
+
+
+# The student model's settings go to every step that encodes with it.
+_STUDENT = ((TrainConfig, "model"), (MineConfig, "model"), (PrepareConfig, "model"))
+_QUERY_LEN = ((TrainConfig, "query_max_len"), (MineConfig, "query_max_len"), (PrepareConfig, "query_max_len"),
+              (ScoreConfig, "query_max_len"), (EvaluateConfig, "query_max_len"))
+_PASSAGE_LEN = ((TrainConfig, "passage_max_len"), (MineConfig, "passage_max_len"),
+                (PrepareConfig, "passage_max_len"), (ScoreConfig, "passage_max_len"),
+                (EvaluateConfig, "passage_max_len"))
 
 
 @dataclass(frozen=True)
 class PipelineParameters:
-    """Every pipeline parameter, typed, with the recipe's values as defaults.
+    """Every pipeline parameter, typed as KFP takes it, defaulting to its step config's value.
 
     Empty ``train_data`` means the built-in sample data (``sample_queries`` queries).
     Paths may be local or ``s3://`` URIs. ``max_negative_score_fraction`` 0 turns the
-    false-negative filter off. ``teacher_temperature`` 0 means the teacher's default (1 for
-    cross-encoder logits, ``temperature`` for embedding cosines). ``knowledge_distillation`` is auto/on/off; ``precision``
-    is auto/fp16/bf16/fp32.
+    false-negative filter off; ``teacher_temperature`` 0 means the teacher's default (1 for
+    cross-encoder logits, ``temperature`` for embedding cosines). ``pooling``, ``normalize``,
+    ``query_instruction`` and ``passage_instruction`` override the student model's profile
+    (``auto``: the model's own); the embedding teacher gets them too when it is the student
+    model. Each value is checked against the field it sets: an enum takes exactly one of its
+    values, a boolean true or false.
     """
 
     train_data: str = ""
     test_data: str = ""
     corpus: str = ""
-    sample_queries: int = SampleDataConfig.num_queries
-    sample_seed: int = SampleDataConfig.seed
-    student_model: str = "BAAI/bge-large-zh-v1.5"
-    teacher: str = "cross-encoder"
-    teacher_model: str = "BAAI/bge-reranker-v2-m3"
-    teacher_temperature: float = 0.0
-    cross_encoder_scores: str = "logits"
-    test_fraction: float = 0.1
-    seed: int = 42
-    skip_invalid: bool = False
-    query_max_len: int = 512
-    passage_max_len: int = 512
-    negative_range: str = "2-200"
-    negative_number: int = 10
-    max_negative_score_fraction: float = 0.0
-    train_group_size: int = 8
-    knowledge_distillation: str = "auto"
-    learning_rate: float = 1e-5
-    temperature: float = 0.02
-    num_train_epochs: float = 5.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 64
-    precision: str = "fp16"
-    deepspeed: bool = True
-    gradient_checkpointing: bool = True
-    freeze_word_embeddings: bool = False
-    nproc_per_node: int = 2
-    encode_batch_size: int = 256
+    sample_queries: int = step_field((SampleDataConfig, "num_queries"))
+    sample_seed: int = step_field((SampleDataConfig, "seed"))
+    student_model: str = step_field(*_STUDENT)
+    teacher: str = step_field((ScoreConfig, "teacher"))
+    teacher_model: str = step_field((ScoreConfig, "teacher_model"))
+    teacher_temperature: float = step_field((ScoreConfig, "teacher_temperature"), to_config=_zero_as_none,
+                                            to_parameter=_none_as_zero)
+    cross_encoder_scores: str = step_field((ScoreConfig, "cross_encoder_scores"))
+    test_fraction: float = step_field((PrepareConfig, "test_fraction"))
+    seed: int = step_field((TrainConfig, "seed"), (MineConfig, "seed"), (PrepareConfig, "seed"))
+    skip_invalid: bool = step_field((PrepareConfig, "skip_invalid"))
+    query_max_len: int = step_field(*_QUERY_LEN)
+    passage_max_len: int = step_field(*_PASSAGE_LEN)
+    pooling: str = step_field((ProfileOverrides, "pooling"))
+    normalize: str = step_field((ProfileOverrides, "normalize"))
+    query_instruction: str = step_field((ProfileOverrides, "query_instruction"))
+    passage_instruction: str = step_field((ProfileOverrides, "passage_instruction"))
+    negative_range: str = step_field((MineConfig, "range_for_sampling"), to_config=parse_range,
+                                     to_parameter=format_range)
+    negative_number: int = step_field((MineConfig, "negative_number"))
+    max_negative_score_fraction: float = step_field((MineConfig, "max_negative_score_fraction"),
+                                                    to_config=_zero_as_none, to_parameter=_none_as_zero)
+    train_group_size: int = step_field((TrainConfig, "train_group_size"))
+    knowledge_distillation: str = step_field((TrainConfig, "knowledge_distillation"))
+    learning_rate: float = step_field((TrainConfig, "learning_rate"))
+    temperature: float = step_field((TrainConfig, "temperature"), (ScoreConfig, "student_temperature"))
+    num_train_epochs: float = step_field((TrainConfig, "num_train_epochs"))
+    max_steps: int = step_field((TrainConfig, "max_steps"))
+    per_device_train_batch_size: int = step_field((TrainConfig, "per_device_train_batch_size"))
+    precision: str = step_field((TrainConfig, "precision"))
+    deepspeed: bool = step_field((TrainConfig, "deepspeed"))
+    gradient_checkpointing: bool = step_field((TrainConfig, "gradient_checkpointing"))
+    freeze_word_embeddings: bool = step_field((TrainConfig, "freeze_word_embeddings"))
+    nproc_per_node: int = step_field((TrainConfig, "nproc_per_node"))
+    encode_batch_size: int = step_field((EncodeConfig, "batch_size"))
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for parameter in fields(self):
+            check_value(parameter.name, hints[parameter.name], getattr(self, parameter.name))
+        for config in (SampleDataConfig, PrepareConfig, MineConfig, ScoreConfig, TrainConfig, EvaluateConfig):
+            step_config(config, asdict(self))
 
     def as_arguments(self) -> dict:
         return asdict(self)
 
-    def with_overrides(self, **overrides) -> "PipelineParameters":
-        known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
+    def with_overrides(self, **overrides: Any) -> "PipelineParameters":
+        """A copy with ``overrides`` in place; string values (``--set``) are parsed strictly.
+
+        Raises:
+            ParameterError: an unknown parameter, or a value its field does not accept.
+        """
+        hints = get_type_hints(type(self))
+        unknown = sorted(set(overrides) - set(hints))
         if unknown:
-            raise ValueError(f"unknown pipeline parameters: {', '.join(sorted(unknown))}")
-        return replace(self, **overrides)
+            raise ValueError(f"unknown pipeline parameter {unknown[0]!r}; known: {', '.join(sorted(hints))}")
+        return replace(self, **{name: parse_value(name, hints[name], value) for name, value in overrides.items()})
+
+
+def parameter_sources() -> dict[str, ParameterSource]:
+    """Pipeline parameter name → the config fields it sets."""
+    return {f.name: f.metadata["source"] for f in fields(PipelineParameters) if "source" in f.metadata}
+
+
+def step_config(config: type, values: Mapping[str, Any]) -> Any:
+    """``config`` built from pipeline parameter ``values`` (extra names are ignored), its
+    nested configs (encoder settings, profile overrides) included; unset fields keep their
+    defaults. Strings are parsed strictly; a bad value names the pipeline parameter.
+
+    Raises:
+        ParameterError: a value the field does not accept.
+        ValueError: a combination the config refuses (its own checks).
+    """
+    hints = get_type_hints(PipelineParameters)
+    config_hints = get_type_hints(config)
+    arguments: dict[str, Any] = {}
+    for name, source in parameter_sources().items():
+        if name not in values:
+            continue
+        for target, field_name in source.targets:
+            if target is config:
+                try:
+                    value = source.to_config(parse_value(name, hints[name], values[name]))
+                except ParameterError:
+                    raise
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from None
+                try:
+                    check_value(field_name, config_hints[field_name], value)
+                except ParameterError as error:
+                    raise ParameterError(name, values[name], error.allowed) from None
+                arguments[field_name] = value
+    for nested in fields(config):
+        nested_type = config_hints[nested.name]
+        if isinstance(nested_type, type) and dataclasses.is_dataclass(nested_type):
+            arguments[nested.name] = step_config(nested_type, values)
+    return config(**arguments)
 
 
 RECIPE = PipelineParameters()

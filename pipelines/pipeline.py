@@ -1,5 +1,7 @@
 """The searchtune pipeline: fine-tune an embedding model for product search.
 
+0. Fingerprint the inputs (uncached): what the data locations hold now, so the cache of
+   every later step follows the data, not its name.
 1. Prepare: validate the training rows (or generate the built-in sample), split them 9:1
    with no query or positive in both splits, build the global pool, write a data report.
 2. Mine: hard negatives from the base model's own ranking (FAISS, ranks 2-200, 10 per query).
@@ -22,6 +24,7 @@ from kfp.dsl import Markdown, Metrics
 from pipelines.kfp_components import (
     evaluate_models,
     fine_tune_embedder,
+    fingerprint_inputs,
     mine_negatives,
     prepare_data,
     score_pairs,
@@ -53,6 +56,10 @@ def searchtune_pipeline(
     skip_invalid: bool = RECIPE.skip_invalid,
     query_max_len: int = RECIPE.query_max_len,
     passage_max_len: int = RECIPE.passage_max_len,
+    pooling: str = RECIPE.pooling,
+    normalize: str = RECIPE.normalize,
+    query_instruction: str = RECIPE.query_instruction,
+    passage_instruction: str = RECIPE.passage_instruction,
     negative_range: str = RECIPE.negative_range,
     negative_number: int = RECIPE.negative_number,
     max_negative_score_fraction: float = RECIPE.max_negative_score_fraction,
@@ -70,19 +77,28 @@ def searchtune_pipeline(
     nproc_per_node: int = RECIPE.nproc_per_node,
     encode_batch_size: int = RECIPE.encode_batch_size,
 ) -> PipelineOutputs:
+    profile = dict(pooling=pooling, normalize=normalize, query_instruction=query_instruction,
+                   passage_instruction=passage_instruction)
+
+    # 0. Fingerprint the input data (never cached: it is what makes the rest cache correctly)
+    fingerprint = fingerprint_inputs(train_data=train_data, test_data=test_data, corpus=corpus)
+    fingerprint.set_caching_options(False).set_display_name("0. fingerprint inputs")
+
     # 1. Prepare
     prepared = prepare_data(
         train_data=train_data,
         test_data=test_data,
         corpus=corpus,
+        input_fingerprint=fingerprint.output,
         sample_queries=sample_queries,
         sample_seed=sample_seed,
         test_fraction=test_fraction,
         seed=seed,
         skip_invalid=skip_invalid,
-        model=student_model,
+        student_model=student_model,
         query_max_len=query_max_len,
         passage_max_len=passage_max_len,
+        **profile,
     ).set_display_name("1. prepare data")
 
     # 2. Mine hard negatives
@@ -90,7 +106,7 @@ def searchtune_pipeline(
         train_set=prepared.outputs["train_set"],
         test_set=prepared.outputs["test_set"],
         global_pool=prepared.outputs["global_pool"],
-        model=student_model,
+        student_model=student_model,
         negative_range=negative_range,
         negative_number=negative_number,
         max_negative_score_fraction=max_negative_score_fraction,
@@ -98,23 +114,29 @@ def searchtune_pipeline(
         query_max_len=query_max_len,
         passage_max_len=passage_max_len,
         encode_batch_size=encode_batch_size,
+        **profile,
     ).set_display_name("2. mine hard negatives")
 
     # 3. Score pairs with the teacher
     scored = score_pairs(
         mined_train=mined.outputs["mined_train"],
+        base_embeddings=mined.outputs["base_embeddings"],
+        student_model=student_model,
         teacher=teacher,
         teacher_model=teacher_model,
         teacher_temperature=teacher_temperature,
         cross_encoder_scores=cross_encoder_scores,
-        student_temperature=temperature,
+        temperature=temperature,
+        query_max_len=query_max_len,
+        passage_max_len=passage_max_len,
         encode_batch_size=encode_batch_size,
+        **profile,
     ).set_display_name("3. teacher scores")
 
     # 4. Fine-tune
     trained = fine_tune_embedder(
         scored_train=scored.outputs["scored_train"],
-        model=student_model,
+        student_model=student_model,
         train_group_size=train_group_size,
         query_max_len=query_max_len,
         passage_max_len=passage_max_len,
@@ -130,6 +152,7 @@ def searchtune_pipeline(
         freeze_word_embeddings=freeze_word_embeddings,
         nproc_per_node=nproc_per_node,
         seed=seed,
+        **profile,
     ).set_display_name("4. fine-tune")
 
     # 5. Evaluate base vs fine-tuned
@@ -142,6 +165,10 @@ def searchtune_pipeline(
         query_max_len=query_max_len,
         passage_max_len=passage_max_len,
         encode_batch_size=encode_batch_size,
+        pooling=pooling,
+        normalize=normalize,
+        query_instruction=query_instruction,
+        passage_instruction=passage_instruction,
     ).set_display_name("5. evaluate")
 
     return PipelineOutputs(report=evaluated.outputs["report"], metrics=evaluated.outputs["metrics"])

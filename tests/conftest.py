@@ -24,7 +24,7 @@ def build_tiny_bert(folder: Path, texts: list[str], pooling: str = "cls", seed: 
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
-    from components.model_profiles import ModelProfile, write_model_profile
+    from components.encoding_profiles import ModelProfile, write_model_profile
 
     folder.mkdir(parents=True, exist_ok=True)
     characters = sorted({c for text in texts + [query_instruction, passage_instruction] for c in text if not c.isspace()})

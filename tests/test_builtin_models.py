@@ -30,7 +30,7 @@ import torch
 
 import components.builtin_models as builtin_models
 from components.builtin_models import BUILTIN_MODELS, materialize_builtin_model
-from components.model_profiles import E5_PROFILE, read_model_profile
+from components.encoding_profiles import E5_PROFILE, read_model_profile
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The KFP pipeline: compiles with the recipe's defaults; runs end to end on kfp.local."""
+"""The KFP pipeline: compiles with the recipe's defaults; runs end to end on kfp.local, over
+an s3:// object, and its cache follows what the object holds, not its name."""
 
 from __future__ import annotations
 
@@ -8,21 +9,28 @@ import pytest
 import yaml
 
 from components.evaluate import flat_metric_names
+from components.sample_data import SampleDataConfig, generate_sample_data
 from pipelines.cli import main
 from pipelines.parameters import LOCAL, RECIPE
 
 pytestmark = pytest.mark.slow
 
+STEPS = ["evaluate-models", "fine-tune-embedder", "mine-negatives", "prepare-data", "score-pairs"]
 
-def test_compiled_pipeline_has_five_cached_steps_and_the_recipe_defaults(tmp_path):
+
+def test_compiled_pipeline_has_cached_steps_an_uncached_fingerprint_and_the_recipe_defaults(tmp_path):
     output = tmp_path / "pipeline.yaml"
     assert main(["compile", "--output", str(output)]) == 0
     spec = yaml.safe_load(output.read_text(encoding="utf-8"))
     tasks = spec["root"]["dag"]["tasks"]
-    assert sorted(tasks) == ["evaluate-models", "fine-tune-embedder", "mine-negatives", "prepare-data",
-                             "score-pairs"]
-    assert all(task["cachingOptions"].get("enableCache") for task in tasks.values())
+    assert sorted(tasks) == sorted(STEPS + ["fingerprint-inputs"])
+    assert all(tasks[name]["cachingOptions"].get("enableCache") for name in STEPS)
+    assert not tasks["fingerprint-inputs"]["cachingOptions"].get("enableCache")
+    # prepare's cache key holds what the inputs hold, through the fingerprint's output.
+    fingerprint = tasks["prepare-data"]["inputs"]["parameters"]["input_fingerprint"]["taskOutputParameter"]
+    assert fingerprint["producerTask"] == "fingerprint-inputs"
     parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(parameters) == set(RECIPE.as_arguments())
     for name, value in RECIPE.as_arguments().items():
         assert parameters[name]["defaultValue"] == value, name
     outputs = spec["components"]["comp-evaluate-models"]["outputDefinitions"]["artifacts"]
@@ -32,26 +40,49 @@ def test_compiled_pipeline_has_five_cached_steps_and_the_recipe_defaults(tmp_pat
         "artifactType"]["schemaTitle"] == "system.Model"
 
 
-def test_local_run_of_the_whole_pipeline_on_a_small_sample(tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    code = main(["run", "--local", "--output-dir", str(run_dir), "--set", "sample_queries=60",
-                 "--set", "max_steps=3", "--set", "negative_number=4"])
-    assert code == 0
+def _task_outputs(run_dir) -> set[str]:
+    """The steps that ran (wrote outputs) in this run, not taken from the cache."""
+    return {path.parent.name for path in run_dir.glob("artifacts/*/*/*")}
+
+
+def test_local_run_over_s3_and_the_cache_follows_the_object(tmp_path, s3_environment, capsys):
+    sample = generate_sample_data(tmp_path / "sample", SampleDataConfig(num_queries=60))
+    client = s3_environment.client()
+    client.upload_file(str(sample.rows), "data", "weekly/rows.jsonl")
+    client.upload_file(str(sample.corpus), "data", "weekly/corpus.jsonl")
+    run = ["run", "--local", "--cache-dir", str(tmp_path / "cache"), "--train-data", "s3://data/weekly/rows.jsonl",
+           "--corpus", "s3://data/weekly/corpus.jsonl", "--set", "max_steps=3", "--set", "negative_number=4"]
+
+    first = tmp_path / "first"
+    assert main(run + ["--output-dir", str(first)]) == 0
     printed = capsys.readouterr().out
     assert "Improvement per pool" in printed and "Before / after" in printed
     assert "Test pool" in printed and "Global pool" in printed
-
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((first / "metrics.json").read_text(encoding="utf-8"))
     expected = {name for name in flat_metric_names((1, 5, 10)) if not name.startswith("separation")}
     assert expected <= set(metrics)
     # Differences and their intervals may be negative; every other figure is a share or a p-value.
     assert all(0.0 <= metrics[name] <= 1.0 for name in expected if "_delta" not in name)
-    parameters = json.loads((run_dir / "parameters.json").read_text(encoding="utf-8"))
+    parameters = json.loads((first / "parameters.json").read_text(encoding="utf-8"))
     assert parameters["student_model"] == LOCAL.student_model and parameters["max_steps"] == 3
-    models = list(run_dir.glob("artifacts/*/fine-tune-embedder/finetuned_model/model.safetensors"))
+    models = list(first.glob("artifacts/*/fine-tune-embedder/finetuned_model/model.safetensors"))
     assert len(models) == 1
-    html = list(run_dir.glob("artifacts/*/evaluate-models/report_html"))
+    html = list(first.glob("artifacts/*/evaluate-models/report_html"))
     assert html and "<img" in html[0].read_text(encoding="utf-8")
+    assert set(STEPS) <= _task_outputs(first)
+
+    # The same object again: every step comes from the cache.
+    second = tmp_path / "second"
+    assert main(run + ["--output-dir", str(second)]) == 0
+    assert not set(STEPS) & _task_outputs(second), _task_outputs(second)
+    capsys.readouterr()
+
+    # Same URI, new content: prepare runs again and reads it (here, a bad row it reports).
+    client.put_object(Bucket="data", Key="weekly/rows.jsonl",
+                      Body=sample.rows.read_bytes() + b'{"query": "new this week", "pos": []}\n')
+    assert main(run + ["--output-dir", str(tmp_path / "third")]) == 1
+    captured = capsys.readouterr()
+    assert ":61: pos: must hold at least one passage" in captured.out + captured.err
 
 
 def test_local_run_reports_bad_training_data_by_file_and_line(tmp_path, capsys):

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from components.jsonl_files import DataError
-from components.model_profiles import BGE_ZH_PROFILE, BGE_ZH_QUERY_INSTRUCTION, ResolvedModel, resolve_model
+from components.encoding_profiles import read_model_profile
+from components.model_profiles import (
+    BGE_ZH_PROFILE,
+    BGE_ZH_QUERY_INSTRUCTION,
+    ProfileOverrides,
+    ResolvedModel,
+    resolve_model,
+)
 from components.train import TrainConfig, build_flag_arguments, build_torchrun_command, fine_tune
 from tests.conftest import TINY_DISTRACTORS, TINY_ROWS
 
@@ -195,3 +202,55 @@ def test_rows_without_negatives_or_scores_are_rejected(tmp_path, tiny_bert):
     unscored = _scored_rows(tmp_path / "unscored.jsonl", with_scores=False)
     with pytest.raises(DataError, match=r"unscored.jsonl:1: pos_scores:"):
         fine_tune(unscored, tmp_path / "m2", TrainConfig(model=str(tiny_bert), knowledge_distillation="on", **SMALL))
+
+
+def test_no_optimizer_step_is_refused_before_training(tmp_path, tiny_bert):
+    data = _scored_rows(tmp_path / "train.jsonl")  # 12 rows
+    config = TrainConfig(model=str(tiny_bert), nproc_per_node=2, **{**SMALL, "per_device_train_batch_size": 8})
+    with pytest.raises(ValueError, match=r"12 training rows give no optimizer step: .*per_device_train_batch_size "
+                                         r"\(8\) x world size \(2\) = 16"):
+        fine_tune(data, tmp_path / "model", config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"], "no model, no scratch folder"
+
+
+def test_a_run_that_logs_no_loss_fails_and_leaves_nothing(tmp_path, tiny_bert):
+    data = _scored_rows(tmp_path / "train.jsonl")
+    config = TrainConfig(model=str(tiny_bert), nproc_per_node=1, **{**SMALL, "num_train_epochs": 0})
+    with pytest.raises(ValueError, match="training logged no loss"):
+        fine_tune(data, tmp_path / "model", config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"], "no model, no scratch folder"
+
+
+def test_saved_profile_is_the_one_trained_with_and_short_rows_are_counted(tmp_path, tiny_bert):
+    rows = [{**row, "neg": row["neg"][:2]} for row in map(json.loads, _scored_rows(tmp_path / "all.jsonl")
+                                                            .read_text(encoding="utf-8").splitlines())]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({**r, "neg_scores": r["neg_scores"][:2]}, ensure_ascii=False) + "\n"
+                            for r in rows), encoding="utf-8")
+    config = TrainConfig(model=str(tiny_bert), nproc_per_node=1, profile=ProfileOverrides(normalize="off"),
+                         **{**SMALL, "max_steps": 1})
+    result = fine_tune(data, tmp_path / "model", config)
+    assert result.summary["rows_short_of_negatives"] == len(rows), "2 negatives each, group 4 wants 3"
+    command = result.summary["command"]
+    assert command[command.index("--normalize_embeddings") + 1] == "False"
+    saved = read_model_profile(result.model_dir)
+    assert saved.normalize is False and saved.pooling == "cls"
+    assert "Normalize" not in (result.model_dir / "modules.json").read_text(encoding="utf-8")
+
+
+def test_row_prompts_reach_flagembedding_for_a_model_without_instruction(tmp_path, tiny_bert):
+    model = resolve_model(str(tiny_bert))
+    assert model.profile.query_instruction == ""
+    flags = build_flag_arguments(TrainConfig(precision="bf16", nproc_per_node=1), model,
+                                 _scored_rows(tmp_path / "t.jsonl"), tmp_path / "out", knowledge_distillation=False,
+                                 row_prompts=True)
+    _, data_args, _, _ = _parse_with_flagembedding(flags)
+    # FlagEmbedding formats a row's prompt only when a query instruction is set.
+    assert data_args.query_instruction_for_retrieval == ""
+
+
+def test_switches_and_enums_are_strict():
+    for field, value in (("knowledge_distillation", "true"), ("precision", "FP16"), ("deepspeed", "yes"),
+                         ("negatives_cross_device", "ON"), ("num_train_epochs", "1")):
+        with pytest.raises(ValueError, match=f"^{field}: {value!r} is not allowed; expected"):
+            TrainConfig(**{field: value})
