@@ -430,6 +430,19 @@ def test_evaluate_writes_its_folder_whole_or_not_at_all(models, data_files, tmp_
     assert not list(tmp_path.glob(".out.*"))
 
 
+def test_profile_overrides_reach_both_models(models):
+    from components.model_profiles import ProfileOverrides
+
+    base, tuned = models
+    config = EvaluateConfig(encode=ENCODE, profile=ProfileOverrides(pooling="cls", query_instruction="问："))
+    for model in (base, tuned):
+        encoder = evaluate_module._make_encoder(model, config)
+        assert encoder.profile.pooling == "cls" and encoder.profile.format_query("鞋") == "问：鞋"
+    assert evaluate_module._make_encoder(base, CONFIG).profile.pooling == "mean"
+    with pytest.raises(ValueError, match="pooling"):
+        EvaluateConfig(profile=ProfileOverrides(pooling="max"))
+
+
 def test_evaluate_without_negatives_reports_no_separation(models, data_files, tmp_path):
     base, tuned = models
     test, corpus = data_files
