@@ -11,22 +11,28 @@ search over L2-normalized vectors. Per model also the *separation*: the mean cos
 query to its positives minus the mean cosine to its mined hard negatives, over the rows
 that have negatives.
 
+Beside the two models, in the same pools (``EvaluateConfig.lexical_baselines``): **BM25**
+(does the dense model beat the words alone?) and a **hybrid**, the reciprocal-rank fusion of
+BM25 with the fine-tuned model (what do the two give together?); see
+:mod:`components.lexical_retrieval`.
+
+Every fine-tuned-minus-base difference gets a paired test over the test queries (see
+:mod:`components.significance`): a randomization-test p-value and a bootstrap interval, so
+the report tells a real gain from luck.
+
 Every positive text must appear byte for byte in the corpus, so both pools share one set
 of passage vectors per model: the corpus is encoded once (or, for the base model, read
 from the embedding cache that mining saved) and the test pool is a subset of its rows.
 
-Writes ``metrics.json`` (nested), ``report.md`` (improvement per pool and a before/after
-table) and ``report.html`` (the same tables and a grouped bar chart per pool, self-contained
-for the Kubeflow UI). :func:`flat_metric_name` gives the stable flat names the pipeline logs
-as KFP metrics.
+Writes, as one folder that appears whole or not at all, ``metrics.json`` (nested, with each
+query's first-positive rank per system for run-to-run comparisons), ``report.md`` and
+``report.html`` (rendered by :mod:`components.evaluation_report`). :func:`flat_metric_name`
+and :func:`flat_metric_names` give the stable flat names the pipeline logs as KFP metrics.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
-import io
 import logging
 import math
 import os
@@ -36,10 +42,14 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from components.config_values import check_config
 from components.embedding import EncodeConfig, TextEncoder
 from components.embedding_cache import CacheKey, load_passage_embeddings, texts_digest
-from components.jsonl_files import DataError, read_jsonl, write_json, write_text
-from components.model_profiles import resolve_model
+from components.evaluation_report import render_html_report, render_markdown_report
+from components.jsonl_files import DataError, atomic_path, read_jsonl, write_json, write_text
+from components.lexical_retrieval import TOKENIZERS, BM25Config, BM25Index, Tokenizer, reciprocal_rank_fusion
+from components.model_profiles import ProfileOverrides, resolve_model
+from components.significance import compare_paired
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +60,21 @@ REPORT_HTML_FILENAME = "report.html"
 PoolName = Literal["test", "global"]
 MetricName = Literal["recall", "mrr"]
 ModelRole = Literal["base", "finetuned", "delta"]
+# What a flat name can end in: a system's value, the fine-tuned-minus-base difference, or
+# the difference's significance.
+FlatSuffix = Literal["base", "finetuned", "delta", "bm25", "hybrid", "p_value", "delta_ci_low", "delta_ci_high",
+                     "significant"]
 
 POOLS: tuple[str, ...] = ("test", "global")
 METRICS: tuple[str, ...] = ("recall", "mrr")
 MODEL_ROLES: tuple[str, ...] = ("base", "finetuned", "delta")
+LEXICAL_SYSTEMS: tuple[str, ...] = ("bm25", "hybrid")
+SIGNIFICANCE_SUFFIXES: tuple[str, ...] = ("p_value", "delta_ci_low", "delta_ci_high", "significant")
+FLAT_SUFFIXES: tuple[str, ...] = MODEL_ROLES + LEXICAL_SYSTEMS + SIGNIFICANCE_SUFFIXES
 # Nested metrics.json keys of the two pools.
 POOL_KEYS = {"test": "test_pool", "global": "global_pool"}
-POOL_TITLES = {"test": "Test pool", "global": "Global pool"}
-ROLE_TITLES = {"base": "Base", "finetuned": "Fine-tuned"}
+SIGNIFICANCE_LEVEL_METRIC = "significance_level"
+RANDOMIZATION_TEST = "paired randomization test (two-sided sign flips over queries)"
 
 
 @dataclass(frozen=True)
@@ -70,23 +87,71 @@ class EvaluateConfig:
         passage_max_len: overrides the profile's passage length (both models) when given.
             An override changes the encoder fingerprint, so a base embedding cache made
             under other lengths is (rightly) not reused.
+        significance_level: a fine-tuned-minus-base difference with a p-value below this is
+            reported significant, else "not significant".
+        permutations: random sign assignments of the randomization test (the test is exact
+            when fewer queries differ than this can enumerate); 10,000 resolves p down to 1e-4.
+        bootstrap_samples: resamples of the bootstrap interval of each difference.
+        confidence: coverage of that interval.
+        seed: seeds the randomization test and the bootstrap.
+        lexical_baselines: also rank both pools with BM25 and with the fusion of BM25 and
+            the fine-tuned model.
+        bm25_k1: BM25 term-frequency saturation.
+        bm25_b: BM25 length normalization.
+        bm25_tokenizer: ``auto`` (character unigrams and bigrams for a mostly Chinese pool,
+            else lower-cased words), ``cjk-bigram`` or ``words``.
+        fusion_k: the reciprocal-rank-fusion constant: a passage at rank r adds 1 / (k + r).
+        fusion_depth: how many passages of each ranking the fusion reads.
         encode: batch size, precision, device.
+        profile: pooling / normalize / instruction overrides, applied to both models (the
+            fine-tuned model's saved profile already records what it was trained with).
     """
 
     ks: tuple[int, ...] = (1, 5, 10)
     query_max_len: int | None = None
     passage_max_len: int | None = None
+    significance_level: float = 0.05
+    permutations: int = 10_000
+    bootstrap_samples: int = 10_000
+    confidence: float = 0.95
+    seed: int = 42
+    lexical_baselines: bool = True
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+    bm25_tokenizer: Tokenizer = "auto"
+    fusion_k: int = 60
+    fusion_depth: int = 100
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    profile: ProfileOverrides = field(default_factory=ProfileOverrides, metadata={"flag_prefix": ""})
 
     def __post_init__(self) -> None:
         ks = tuple(self.ks)
         if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
             raise ValueError(f"ks must be a non-empty sequence of positive integers, got {self.ks!r}")
         object.__setattr__(self, "ks", tuple(sorted({int(k) for k in ks})))
+        check_config(self)
         for name in ("query_max_len", "passage_max_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
+        for name in ("significance_level", "confidence"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        for name in ("permutations", "bootstrap_samples", "fusion_k", "fusion_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.bm25_k1 < 0:
+            raise ValueError(f"bm25_k1 must be at least 0, got {self.bm25_k1}")
+        if not 0 <= self.bm25_b <= 1:
+            raise ValueError(f"bm25_b must be between 0 and 1, got {self.bm25_b}")
+        if self.bm25_tokenizer not in TOKENIZERS:
+            raise ValueError(f"bm25_tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.bm25_tokenizer!r}")
+        if self.fusion_depth < self.ks[-1]:
+            raise ValueError(f"fusion_depth ({self.fusion_depth}) must be at least the largest k ({self.ks[-1]})")
+
+    @property
+    def bm25(self) -> BM25Config:
+        return BM25Config(k1=self.bm25_k1, b=self.bm25_b, tokenizer=self.bm25_tokenizer)
 
 
 @dataclass(frozen=True)
@@ -96,7 +161,8 @@ class EvaluationResult:
     Attributes:
         metrics: the nested metrics, as written to ``metrics.json``.
         flat: every :func:`flat_metric_names` name to its value (NaN for separation when no
-            test row has negatives); the same names on every run with the same ``ks``.
+            test row has negatives); the same names on every run with the same ``ks`` and
+            ``lexical_baselines``.
         metrics_path, report_md_path, report_html_path: the files written.
     """
 
@@ -114,24 +180,27 @@ class EvaluationResult:
 # --------------------------------------------------------------------------- metric names
 
 
-def flat_metric_name(pool: PoolName, metric: MetricName, k: int, model: ModelRole) -> str:
-    """The KFP-stable flat name of one metric, e.g. ``global_recall_at_1_finetuned``.
+def flat_metric_name(pool: PoolName, metric: MetricName, k: int, suffix: FlatSuffix) -> str:
+    """The KFP-stable flat name of one figure, e.g. ``global_recall_at_1_finetuned``.
 
     Args:
         pool: ``test`` or ``global``.
         metric: ``recall`` or ``mrr``.
         k: the cut-off.
-        model: ``base``, ``finetuned`` or ``delta`` (fine-tuned minus base).
+        suffix: ``base``, ``finetuned``, ``bm25`` or ``hybrid`` (a system's value);
+            ``delta`` (fine-tuned minus base); ``p_value``, ``delta_ci_low``,
+            ``delta_ci_high`` (the delta's randomization-test p-value and bootstrap
+            interval) or ``significant`` (1 when the p-value is below the level, else 0).
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if model not in MODEL_ROLES:
-        raise ValueError(f"model must be one of {MODEL_ROLES}, got {model!r}")
+    if suffix not in FLAT_SUFFIXES:
+        raise ValueError(f"suffix must be one of {FLAT_SUFFIXES}, got {suffix!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    return f"{pool}_{metric}_at_{int(k)}_{model}"
+    return f"{pool}_{metric}_at_{int(k)}_{suffix}"
 
 
 def separation_metric_name(model: ModelRole) -> str:
@@ -141,19 +210,68 @@ def separation_metric_name(model: ModelRole) -> str:
     return f"separation_{model}"
 
 
-def flat_metric_names(ks: Sequence[int] = (1, 5, 10)) -> list[str]:
+def flat_metric_names(ks: Sequence[int] = (1, 5, 10), lexical_baselines: bool = True) -> list[str]:
     """Every flat name the step reports for these cut-offs, in a fixed order."""
     ks = sorted({int(k) for k in ks})
-    names = [flat_metric_name(pool, metric, k, role)  # type: ignore[arg-type]
-             for pool in POOLS for metric in METRICS for k in ks for role in MODEL_ROLES]
-    return names + [separation_metric_name(role) for role in MODEL_ROLES]  # type: ignore[arg-type]
+    suffixes = MODEL_ROLES + (LEXICAL_SYSTEMS if lexical_baselines else ()) + SIGNIFICANCE_SUFFIXES
+    names = [flat_metric_name(pool, metric, k, suffix)  # type: ignore[arg-type]
+             for pool in POOLS for metric in METRICS for k in ks for suffix in suffixes]
+    return (names + [separation_metric_name(role) for role in MODEL_ROLES]  # type: ignore[arg-type]
+            + [SIGNIFICANCE_LEVEL_METRIC])
 
 
-def _metric_key(metric: str, k: int) -> str:
+def metric_key(metric: str, k: int) -> str:
+    """The nested metrics.json key of a metric, e.g. ``recall@1``."""
     return f"{metric}@{k}"
 
 
 # --------------------------------------------------------------------------- pure metrics
+
+
+def first_positive_ranks(rankings: Sequence[Sequence[int]] | np.ndarray,
+                         positives: Sequence[Sequence[int] | set[int] | frozenset[int]],
+                         depth: int) -> np.ndarray:
+    """Per query, the 1-based rank of its first positive within the top ``depth`` (inf if none).
+
+    Args:
+        rankings: per query, pool indices best first. Negative indices (padding) are ignored.
+        positives: per query, the indices of its relevant passages (at least one each).
+        depth: how far down each ranking to look.
+
+    Raises:
+        ValueError: on mismatched lengths, no queries or a query without positives.
+    """
+    if len(rankings) != len(positives):
+        raise ValueError(f"{len(rankings)} rankings but {len(positives)} positive sets")
+    if len(rankings) == 0:
+        raise ValueError("no queries to score")
+    first_ranks = np.full(len(rankings), np.inf)
+    for query, (ranking, relevant) in enumerate(zip(rankings, positives)):
+        relevant = set(int(i) for i in relevant)
+        if not relevant:
+            raise ValueError(f"query {query} has no positives")
+        for rank, index in enumerate(list(ranking)[:depth], start=1):
+            if int(index) >= 0 and int(index) in relevant:
+                first_ranks[query] = rank
+                break
+    return first_ranks
+
+
+def per_query_values(first_ranks: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """Each query's recall@k (0 or 1) or reciprocal rank within k (0 beyond it)."""
+    first_ranks = np.asarray(first_ranks, dtype=np.float64)
+    if metric == "recall":
+        return (first_ranks <= k).astype(np.float64)
+    if metric == "mrr":
+        return np.where(first_ranks <= k, 1.0 / first_ranks, 0.0)
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def metrics_from_first_ranks(first_ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """``{"recall@1": ..., ..., "mrr@1": ..., ...}`` from first-positive ranks."""
+    ks = sorted({int(k) for k in ks})
+    return {metric_key(metric, k): float(np.mean(per_query_values(first_ranks, metric, k)))
+            for metric in METRICS for k in ks}
 
 
 def retrieval_metrics(rankings: Sequence[Sequence[int]] | np.ndarray,
@@ -177,27 +295,7 @@ def retrieval_metrics(rankings: Sequence[Sequence[int]] | np.ndarray,
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
-    if len(rankings) != len(positives):
-        raise ValueError(f"{len(rankings)} rankings but {len(positives)} positive sets")
-    if len(rankings) == 0:
-        raise ValueError("no queries to score")
-    depth = ks[-1]
-    first_ranks = np.full(len(rankings), np.inf)
-    for query, (ranking, relevant) in enumerate(zip(rankings, positives)):
-        relevant = set(int(i) for i in relevant)
-        if not relevant:
-            raise ValueError(f"query {query} has no positives")
-        for rank, index in enumerate(list(ranking)[:depth], start=1):
-            if int(index) >= 0 and int(index) in relevant:
-                first_ranks[query] = rank
-                break
-    result: dict[str, float] = {}
-    for k in ks:
-        result[_metric_key("recall", k)] = float(np.mean(first_ranks <= k))
-    for k in ks:
-        reciprocal = np.where(first_ranks <= k, 1.0 / first_ranks, 0.0)
-        result[_metric_key("mrr", k)] = float(np.mean(reciprocal))
-    return result
+    return metrics_from_first_ranks(first_positive_ranks(rankings, positives, ks[-1]), ks)
 
 
 def rank_by_scores(scores: np.ndarray, depth: int) -> np.ndarray:
@@ -282,6 +380,10 @@ class _EvaluationData:
     rows_with_negatives: list[int]
     # Negatives not in the corpus, unique, in first-seen order (they must be encoded).
     extra_negatives: list[str]
+
+    def positives(self, pool: str) -> list[frozenset[int]]:
+        """Per row, its positives' indices in ``test_pool`` or ``global_pool``."""
+        return self.test_positives if pool == "test_pool" else self.global_positives
 
 
 def _string_list(value: object) -> bool:
@@ -375,7 +477,7 @@ def _load_data(test_path: Path, corpus_path: Path) -> _EvaluationData:
 
 
 def _make_encoder(model_name: str, config: EvaluateConfig) -> TextEncoder:
-    resolved = resolve_model(model_name)
+    resolved = resolve_model(model_name, config.profile)
     profile = resolved.profile.with_max_lengths(config.query_max_len, config.passage_max_len)
     return TextEncoder(dataclasses.replace(resolved, profile=profile), config.encode)
 
@@ -399,8 +501,17 @@ def _corpus_vectors(encoder: TextEncoder, data: _EvaluationData, role: str,
     return vectors, False
 
 
+@dataclass
+class _ModelRun:
+    """One model's figures, and its rankings of both pools (for significance and fusion)."""
+
+    metrics: dict
+    rankings: dict[str, np.ndarray]
+    passage_embeddings_reused: bool
+
+
 def _evaluate_model(model_name: str, role: str, data: _EvaluationData, config: EvaluateConfig,
-                    cache_folder: str | os.PathLike | None) -> tuple[dict, bool]:
+                    cache_folder: str | os.PathLike | None, depth: int) -> _ModelRun:
     logger.info("%s model: %s", role, model_name)
     encoder = _make_encoder(model_name, config)
     try:
@@ -414,12 +525,9 @@ def _evaluate_model(model_name: str, role: str, data: _EvaluationData, config: E
     finally:
         del encoder  # free the model before the next one loads
 
-    depth = config.ks[-1]
-    test_pool_vectors = corpus_vectors[data.test_pool_corpus_indices]
-    test_metrics = retrieval_metrics(search_top_k(query_vectors, test_pool_vectors, depth),
-                                     data.test_positives, config.ks)
-    global_metrics = retrieval_metrics(search_top_k(query_vectors, corpus_vectors, depth),
-                                       data.global_positives, config.ks)
+    rankings = {"test_pool": search_top_k(query_vectors, corpus_vectors[data.test_pool_corpus_indices], depth),
+                "global_pool": search_top_k(query_vectors, corpus_vectors, depth)}
+    metrics = {pool: retrieval_metrics(rankings[pool], data.positives(pool), config.ks) for pool in rankings}
 
     text_index = {}
     for index, text in enumerate(data.corpus_texts):
@@ -432,14 +540,33 @@ def _evaluate_model(model_name: str, role: str, data: _EvaluationData, config: E
         return extra_vectors[extra_index[text]]
 
     selected = data.rows_with_negatives
-    separation = separation_stats(
+    metrics["separation"] = separation_stats(
         query_vectors[selected],
         [np.stack([passage_vector(t) for t in data.rows[i].pos]) for i in selected],
         [np.stack([passage_vector(t) for t in data.rows[i].neg]) for i in selected],
     )
-    logger.info("%s: test pool %s; global pool %s; separation %s", role, _brief(test_metrics),
-                _brief(global_metrics), separation["separation"])
-    return {"test_pool": test_metrics, "global_pool": global_metrics, "separation": separation}, reused
+    logger.info("%s: test pool %s; global pool %s; separation %s", role, _brief(metrics["test_pool"]),
+                _brief(metrics["global_pool"]), metrics["separation"]["separation"])
+    return _ModelRun(metrics=metrics, rankings=rankings, passage_embeddings_reused=reused)
+
+
+def _lexical_rankings(data: _EvaluationData, config: EvaluateConfig, finetuned: _ModelRun,
+                      ) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """BM25's and the hybrid's rankings of both pools, and the tokenizer BM25 used."""
+    queries = [row.query for row in data.rows]
+    pools = {"test_pool": [data.corpus_texts[i] for i in data.test_pool_corpus_indices],
+             "global_pool": data.corpus_texts}
+    rankings: dict[str, dict[str, np.ndarray]] = {"bm25": {}, "hybrid": {}}
+    tokenizer = ""
+    for pool, texts in pools.items():
+        index = BM25Index(texts, config.bm25)
+        tokenizer = index.tokenizer
+        rankings["bm25"][pool] = index.search(queries, config.fusion_depth)
+        rankings["hybrid"][pool] = reciprocal_rank_fusion(
+            [rankings["bm25"][pool], finetuned.rankings[pool][:, :config.fusion_depth]],
+            depth=config.ks[-1], k=config.fusion_k)
+        logger.info("bm25 (%s) and hybrid ranked the %s", tokenizer, pool.replace("_", " "))
+    return rankings, tokenizer
 
 
 def _brief(metrics: Mapping[str, float]) -> str:
@@ -462,18 +589,48 @@ def _delta_section(base: dict, finetuned: dict) -> dict:
     }
 
 
-def _flat(metrics: dict, ks: Sequence[int]) -> dict[str, float]:
+def _significance(first_ranks: dict[str, dict[str, np.ndarray]], config: EvaluateConfig) -> dict:
+    """Per pool and metric: the fine-tuned-minus-base difference, its p-value and interval."""
+    section: dict = {}
+    for pool, ranks in first_ranks.items():
+        section[pool] = {}
+        for metric in METRICS:
+            for k in config.ks:
+                comparison = compare_paired(per_query_values(ranks["base"], metric, k),
+                                            per_query_values(ranks["finetuned"], metric, k),
+                                            permutations=config.permutations,
+                                            bootstrap_samples=config.bootstrap_samples,
+                                            confidence=config.confidence, seed=config.seed)
+                section[pool][metric_key(metric, k)] = {
+                    "delta": comparison.delta, "p_value": comparison.p_value, "ci_low": comparison.ci_low,
+                    "ci_high": comparison.ci_high, "exact": comparison.exact,
+                    "significant": comparison.p_value < config.significance_level}
+    return section
+
+
+def _flat(metrics: dict, ks: Sequence[int], lexical: bool) -> dict[str, float]:
     flat: dict[str, float] = {}
+    significance_fields = {"p_value": "p_value", "delta_ci_low": "ci_low", "delta_ci_high": "ci_high",
+                           "significant": "significant"}
     for pool in POOLS:
         for metric in METRICS:
             for k in ks:
-                for role in MODEL_ROLES:
-                    value = metrics[role][POOL_KEYS[pool]][_metric_key(metric, k)]
-                    flat[flat_metric_name(pool, metric, k, role)] = float(value)  # type: ignore[arg-type]
+                key = metric_key(metric, k)
+                for role in MODEL_ROLES + (LEXICAL_SYSTEMS if lexical else ()):
+                    flat[flat_metric_name(pool, metric, k, role)] = float(  # type: ignore[arg-type]
+                        metrics[role][POOL_KEYS[pool]][key])
+                tested = metrics["significance"][POOL_KEYS[pool]][key]
+                for suffix, name in significance_fields.items():
+                    flat[flat_metric_name(pool, metric, k, suffix)] = float(tested[name])  # type: ignore[arg-type]
     for role in MODEL_ROLES:
         value = metrics[role]["separation"]["separation"]
         flat[separation_metric_name(role)] = math.nan if value is None else float(value)  # type: ignore[arg-type]
+    flat[SIGNIFICANCE_LEVEL_METRIC] = float(metrics["settings"]["significance"]["level"])
     return flat
+
+
+def _first_rank_list(ranks: np.ndarray) -> list[int | None]:
+    return [None if math.isinf(rank) else int(rank) for rank in ranks]
 
 
 def evaluate_retrieval(test_path: str | os.PathLike, corpus_path: str | os.PathLike, base_model: str,
@@ -487,8 +644,9 @@ def evaluate_retrieval(test_path: str | os.PathLike, corpus_path: str | os.PathL
         corpus_path: the global pool, JSON Lines ``{"id", "text"}``; every positive of the
             test rows must be one of its texts, byte for byte.
         base_model, finetuned_model: model names for :func:`resolve_model`.
-        output_dir: where ``metrics.json``, ``report.md`` and ``report.html`` are written.
-        config: cut-offs, length overrides, encoding settings.
+        output_dir: receives ``metrics.json``, ``report.md`` and ``report.html``; written
+            as a whole at the end (an earlier folder there is replaced, never mixed in).
+        config: cut-offs, length overrides, significance and lexical settings, encoding.
         base_passage_embeddings: a folder written by ``save_passage_embeddings`` holding the
             base model's corpus vectors; used (and the corpus not re-encoded for the base
             model) when its key matches this encoder and this corpus.
@@ -503,8 +661,16 @@ def evaluate_retrieval(test_path: str | os.PathLike, corpus_path: str | os.PathL
                 len(data.rows), len(data.test_pool_corpus_indices), len(data.corpus_texts),
                 len(data.rows_with_negatives))
 
-    base, reused = _evaluate_model(base_model, "base", data, config, base_passage_embeddings)
-    finetuned, _ = _evaluate_model(finetuned_model, "finetuned", data, config, None)
+    depth = max(config.ks[-1], config.fusion_depth if config.lexical_baselines else 0)
+    base = _evaluate_model(base_model, "base", data, config, base_passage_embeddings, depth)
+    finetuned = _evaluate_model(finetuned_model, "finetuned", data, config, None, depth)
+    rankings = {"base": base.rankings, "finetuned": finetuned.rankings}
+    tokenizer = None
+    if config.lexical_baselines:
+        lexical, tokenizer = _lexical_rankings(data, config, finetuned)
+        rankings.update(lexical)
+    first_ranks = {pool: {system: first_positive_ranks(ranked[pool], data.positives(pool), config.ks[-1])
+                          for system, ranked in rankings.items()} for pool in POOL_KEYS.values()}
 
     counts = {
         "queries": len(data.rows),
@@ -515,186 +681,40 @@ def evaluate_retrieval(test_path: str | os.PathLike, corpus_path: str | os.PathL
         "negatives": sum(len(row.neg) for row in data.rows),
         "negatives_not_in_corpus": len(data.extra_negatives),
     }
-    metrics = {
+    metrics: dict = {
         "models": {"base": str(base_model), "finetuned": str(finetuned_model)},
         "ks": list(config.ks),
-        "base": base,
-        "finetuned": finetuned,
-        "delta": _delta_section(base, finetuned),
-        "counts": counts,
-        "base_passage_embeddings_reused": reused,
+        "base": base.metrics,
+        "finetuned": finetuned.metrics,
+        "delta": _delta_section(base.metrics, finetuned.metrics),
     }
-    flat = _flat(metrics, config.ks)
+    for system in LEXICAL_SYSTEMS if config.lexical_baselines else ():
+        metrics[system] = {pool: metrics_from_first_ranks(first_ranks[pool][system], config.ks)
+                           for pool in POOL_KEYS.values()}
+    metrics["significance"] = _significance(first_ranks, config)
+    metrics["settings"] = {
+        "significance": {"test": RANDOMIZATION_TEST, "level": config.significance_level,
+                         "permutations": config.permutations, "interval": "percentile bootstrap",
+                         "bootstrap_samples": config.bootstrap_samples, "confidence": config.confidence,
+                         "seed": config.seed},
+        "lexical": ({"bm25_k1": config.bm25_k1, "bm25_b": config.bm25_b, "bm25_tokenizer": tokenizer,
+                     "fusion": "reciprocal rank (bm25 + finetuned)", "fusion_k": config.fusion_k,
+                     "fusion_depth": config.fusion_depth} if config.lexical_baselines else None),
+    }
+    metrics["counts"] = counts
+    metrics["base_passage_embeddings_reused"] = base.passage_embeddings_reused
+    # Each query's first-positive rank (null: not in the top max(ks)), in test-file order:
+    # two runs on the same test split can be compared query by query.
+    metrics["per_query_first_rank"] = {pool: {system: _first_rank_list(ranks) for system, ranks in systems.items()}
+                                       for pool, systems in first_ranks.items()}
+    flat = _flat(metrics, config.ks, config.lexical_baselines)
 
-    metrics_path = output_dir / METRICS_FILENAME
-    report_md_path = output_dir / REPORT_MD_FILENAME
-    report_html_path = output_dir / REPORT_HTML_FILENAME
-    write_json(metrics_path, metrics)
-    write_text(report_md_path, render_markdown_report(metrics))
-    write_text(report_html_path, render_html_report(metrics))
+    with atomic_path(output_dir) as staged:
+        staged.mkdir()
+        write_json(staged / METRICS_FILENAME, metrics)
+        write_text(staged / REPORT_MD_FILENAME, render_markdown_report(metrics))
+        write_text(staged / REPORT_HTML_FILENAME, render_html_report(metrics))
     logger.info("evaluation written to %s", output_dir)
-    return EvaluationResult(metrics=metrics, flat=flat, metrics_path=metrics_path,
-                            report_md_path=report_md_path, report_html_path=report_html_path)
-
-
-# --------------------------------------------------------------------------- reports
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _fmt_delta(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.4f}"
-
-
-def _fmt_relative(base: float | None, finetuned: float | None) -> str:
-    if base is None or finetuned is None or base == 0:
-        return "n/a"
-    return f"{(finetuned - base) / abs(base) * 100:+.1f}%"
-
-
-def _metric_names(ks: Sequence[int]) -> list[str]:
-    return [_metric_key(metric, k) for metric in METRICS for k in ks]
-
-
-def _improvement_rows(metrics: dict, section: str) -> list[list[str]]:
-    base, finetuned = metrics["base"][section], metrics["finetuned"][section]
-    return [[name, _fmt(base[name]), _fmt(finetuned[name]), _fmt_delta(_delta(base[name], finetuned[name])),
-             _fmt_relative(base[name], finetuned[name])] for name in base]
-
-
-_IMPROVEMENT_HEADER = ["Metric", "Base", "Fine-tuned", "Δ", "Δ%"]
-_SEPARATION_LABELS = {"separation": "separation", "mean_cos_positive": "mean cos(query, pos)",
-                      "mean_cos_negative": "mean cos(query, neg)"}
-
-
-def _separation_rows(metrics: dict) -> list[list[str]]:
-    rows = _improvement_rows(metrics, "separation")
-    for row in rows:
-        row[0] = _SEPARATION_LABELS.get(row[0], row[0])
-    return rows
-
-
-def _detail_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    names = _metric_names(metrics["ks"])
-    header = ["Model"] + [f"{pool} {name}" for pool in POOLS for name in names] + ["separation"]
-    rows = []
-    for role in ("base", "finetuned"):
-        values = [metrics[role][POOL_KEYS[pool]][name] for pool in POOLS for name in names]
-        rows.append([f"{ROLE_TITLES[role]} ({metrics['models'][role]})"] + [_fmt(v) for v in values]
-                    + [_fmt(metrics[role]["separation"]["separation"])])
-    return header, rows
-
-
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_markdown_cell(c) for c in header) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _pool_size(metrics: dict, pool: str) -> int:
-    return metrics["counts"]["test_pool_passages" if pool == "test" else "global_pool_passages"]
-
-
-def _summary_lines(metrics: dict) -> list[str]:
-    counts = metrics["counts"]
-    return [
-        f"- Base model: `{metrics['models']['base']}`",
-        f"- Fine-tuned model: `{metrics['models']['finetuned']}`",
-        f"- Test queries: {counts['queries']}; test pool: {counts['test_pool_passages']} passages "
-        f"(the unique positives of the test rows); global pool: {counts['global_pool_passages']} passages "
-        f"(the whole corpus)",
-        f"- Rows with hard negatives (separation): {counts['rows_with_negatives']}",
-        "- recall@k: share of queries with any positive in the top k; mrr@k: mean reciprocal rank of the "
-        "first positive (0 beyond k); exact inner-product search over normalized vectors",
-        "- separation: mean cos(query, positive) − mean cos(query, hard negative)",
-    ]
-
-
-def render_markdown_report(metrics: dict) -> str:
-    """The Markdown report: improvement per pool, then the before/after table."""
-    parts = ["# Evaluation: base vs fine-tuned", "", *_summary_lines(metrics), "",
-             "## Improvement per pool", ""]
-    for pool in POOLS:
-        parts += [f"### {POOL_TITLES[pool]} ({_pool_size(metrics, pool)} passages)", "",
-                  _markdown_table(_IMPROVEMENT_HEADER, _improvement_rows(metrics, POOL_KEYS[pool])), ""]
-    parts += ["### Separation", "", _markdown_table(_IMPROVEMENT_HEADER, _separation_rows(metrics)), "",
-              "## Before / after", ""]
-    header, rows = _detail_table(metrics)
-    parts += [_markdown_table(header, rows), ""]
-    return "\n".join(parts)
-
-
-def _bar_chart_png(metrics: dict, pool: str) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = _metric_names(metrics["ks"])
-    section = POOL_KEYS[pool]
-    base = [metrics["base"][section][n] for n in names]
-    finetuned = [metrics["finetuned"][section][n] for n in names]
-    figure = Figure(figsize=(max(5.0, 0.9 * len(names) + 1.5), 3.6), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    positions = np.arange(len(names))
-    width = 0.38
-    for offset, values, label, color in ((-width / 2, base, "base", "#9aa5b1"),
-                                         (width / 2, finetuned, "fine-tuned", "#2f6fde")):
-        bars = axes.bar(positions + offset, values, width, label=label, color=color)
-        axes.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, padding=1)
-    axes.set_xticks(positions, names)
-    axes.set_ylim(0, 1.1)
-    axes.set_title(f"{POOL_TITLES[pool]} ({_pool_size(metrics, pool)} passages)")
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
-    axes.grid(axis="y", alpha=0.3)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-_HTML_STYLE = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "Noto Sans CJK SC", sans-serif; margin: 24px; color: #1f2933; }
-table { border-collapse: collapse; margin: 8px 0 20px; font-size: 13px; }
-th, td { border: 1px solid #d3d8de; padding: 4px 10px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f0f3f6; }
-img { max-width: 100%; }
-.charts { display: flex; flex-wrap: wrap; gap: 16px; }
-"""
-
-
-def render_html_report(metrics: dict) -> str:
-    """A self-contained HTML report (charts inlined as base64 PNG) for the Kubeflow UI."""
-    summary = "".join(f"<li>{html.escape(line[2:]).replace('`', '')}</li>" for line in _summary_lines(metrics))
-    charts = "".join(
-        f'<div><img alt="{html.escape(POOL_TITLES[pool])}" src="data:image/png;base64,'
-        f'{base64.b64encode(_bar_chart_png(metrics, pool)).decode("ascii")}"></div>' for pool in POOLS)
-    sections = []
-    for pool in POOLS:
-        sections.append(f"<h3>{html.escape(POOL_TITLES[pool])} ({_pool_size(metrics, pool)} passages)</h3>"
-                        + _html_table(_IMPROVEMENT_HEADER, _improvement_rows(metrics, POOL_KEYS[pool])))
-    sections.append("<h3>Separation</h3>" + _html_table(_IMPROVEMENT_HEADER, _separation_rows(metrics)))
-    header, rows = _detail_table(metrics)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<title>Evaluation: base vs fine-tuned</title>"
-        f"<style>{_HTML_STYLE}</style></head><body>"
-        "<h1>Evaluation: base vs fine-tuned</h1>"
-        f"<ul>{summary}</ul>"
-        f"<h2>Before / after per pool</h2><div class=\"charts\">{charts}</div>"
-        "<h2>Improvement per pool</h2>" + "".join(sections)
-        + "<h2>Before / after</h2>" + _html_table(header, rows)
-        + "</body></html>\n"
-    )
+    return EvaluationResult(metrics=metrics, flat=flat, metrics_path=output_dir / METRICS_FILENAME,
+                            report_md_path=output_dir / REPORT_MD_FILENAME,
+                            report_html_path=output_dir / REPORT_HTML_FILENAME)

@@ -239,6 +239,10 @@ def evaluate_models(
     query_max_len: int,
     passage_max_len: int,
     encode_batch_size: int,
+    pooling: str,
+    normalize: str,
+    query_instruction: str,
+    passage_instruction: str,
     metrics: Output[Metrics],
     report: Output[Markdown],
     report_html: Output[HTML],
@@ -255,11 +259,10 @@ def evaluate_models(
     require_complete_folder(base_embeddings.path)
     require_complete_folder(finetuned_model.path)
 
-    from components.embedding import EncodeConfig
     from components.evaluate import EvaluateConfig, evaluate_retrieval
+    from pipelines.parameters import step_config
 
-    config = EvaluateConfig(query_max_len=query_max_len, passage_max_len=passage_max_len,
-                            encode=EncodeConfig(batch_size=encode_batch_size))
+    config = step_config(EvaluateConfig, locals())
     result = evaluate_retrieval(mined_test.path, global_pool.path, base_model, finetuned_model.path,
                                 tempfile.mkdtemp(prefix="evaluate-"), config,
                                 base_passage_embeddings=base_embeddings.path)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, get_type_hints
 
 from components.config_values import ParameterError, check_value, parse_value
 from components.embedding import EncodeConfig
+from components.evaluate import EvaluateConfig
 from components.gate import GateConfig
 from components.mine import MineConfig, format_range, parse_range
 from components.model_profiles import ProfileOverrides
@@ -36,7 +37,7 @@ from pipelines.cluster_profile import TrainingProfile
 # The step configs the pipeline's parameters build whole, so their own cross-field checks run
 # before any step does (EncodeConfig and ProfileOverrides are nested in them). PromoteConfig
 # is built by its step, which supplies the serving URI an empty parameter leaves to it.
-STEP_CONFIGS = (SampleDataConfig, PrepareConfig, MineConfig, ScoreConfig, TrainConfig, GateConfig)
+STEP_CONFIGS = (SampleDataConfig, PrepareConfig, MineConfig, ScoreConfig, TrainConfig, EvaluateConfig, GateConfig)
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,10 @@ def _none_as_zero(value: float | None) -> float:
 # The student model's settings go to every step that encodes with it.
 _STUDENT = ((TrainConfig, "model"), (MineConfig, "model"), (PrepareConfig, "model"))
 _QUERY_LEN = ((TrainConfig, "query_max_len"), (MineConfig, "query_max_len"), (PrepareConfig, "query_max_len"),
-              (ScoreConfig, "query_max_len"))
+              (ScoreConfig, "query_max_len"), (EvaluateConfig, "query_max_len"))
 _PASSAGE_LEN = ((TrainConfig, "passage_max_len"), (MineConfig, "passage_max_len"),
-                (PrepareConfig, "passage_max_len"), (ScoreConfig, "passage_max_len"))
+                (PrepareConfig, "passage_max_len"), (ScoreConfig, "passage_max_len"),
+                (EvaluateConfig, "passage_max_len"))
 
 
 @dataclass(frozen=True)

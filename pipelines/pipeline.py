@@ -190,6 +190,10 @@ def searchtune_pipeline(
         query_max_len=query_max_len,
         passage_max_len=passage_max_len,
         encode_batch_size=encode_batch_size,
+        pooling=pooling,
+        normalize=normalize,
+        query_instruction=query_instruction,
+        passage_instruction=passage_instruction,
     ).set_display_name("5. evaluate")
 
     # 6. Quality gate

@@ -1,5 +1,7 @@
-"""The evaluate step: metric maths (against ranx and by hand), the end-to-end step on a tiny
-random BERT, reuse of cached base passage embeddings, and input errors."""
+"""The evaluate step: metric maths (against ranx and by hand), significance (against ranx's
+randomization test, scipy's bootstrap and exact enumeration), BM25 (by hand and against the
+public data's reference figures) and rank fusion, the end-to-end step on a tiny random BERT,
+reuse of cached base passage embeddings, all-or-nothing output, and input errors."""
 
 from __future__ import annotations
 
@@ -25,7 +27,10 @@ from components.evaluate import (
     separation_stats,
 )
 from components.jsonl_files import DataError
+from components.lexical_retrieval import BM25Config, BM25Index, choose_tokenizer, reciprocal_rank_fusion, tokenize
 from components.model_profiles import resolve_model
+from components.significance import bootstrap_interval, compare_paired, randomization_test
+from tests.conftest import SHARED_DATA
 
 ENCODE = EncodeConfig(batch_size=8, precision="fp32", device="cpu", show_progress=False)
 CONFIG = EvaluateConfig(ks=(1, 5, 10), encode=ENCODE)
@@ -147,9 +152,19 @@ def test_flat_metric_names():
         with pytest.raises(ValueError):
             flat_metric_name(*bad)
     names = flat_metric_names((10, 1, 5))
-    assert len(names) == len(set(names)) == 2 * 2 * 3 * 3 + 3
-    assert names[-3:] == ["separation_base", "separation_finetuned", "separation_delta"]
+    # Per pool, metric and k: 3 roles, 2 lexical systems, p-value, interval and verdict.
+    assert len(names) == len(set(names)) == 2 * 2 * 3 * (3 + 2 + 4) + 3 + 1
+    assert names[-4:] == ["separation_base", "separation_finetuned", "separation_delta", "significance_level"]
     assert names == flat_metric_names((1, 5, 10))
+    # The names another step (the quality gate) reads: a contract, spelled out.
+    for pool in ("test", "global"):
+        for metric in ("recall", "mrr"):
+            for k in (1, 5, 10):
+                for suffix in ("base", "finetuned", "delta", "bm25", "hybrid", "p_value", "delta_ci_low",
+                               "delta_ci_high", "significant"):
+                    assert f"{pool}_{metric}_at_{k}_{suffix}" in names
+    without_lexical = flat_metric_names((1, 5, 10), lexical_baselines=False)
+    assert set(names) - set(without_lexical) == {n for n in names if n.endswith(("_bm25", "_hybrid"))}
 
 
 def test_config_normalizes_ks():
@@ -157,6 +172,174 @@ def test_config_normalizes_ks():
     for bad in ((), (0,), (1, -2)):
         with pytest.raises(ValueError):
             EvaluateConfig(ks=bad)
+    for bad in ({"significance_level": 0}, {"significance_level": 1.5}, {"confidence": 1}, {"permutations": 0},
+                {"bootstrap_samples": 0}, {"fusion_depth": 5}, {"bm25_tokenizer": "jieba"}, {"bm25_b": 2}):
+        with pytest.raises(ValueError):
+            EvaluateConfig(**bad)
+
+
+# --------------------------------------------------------------------------- significance
+
+
+def test_randomization_test_is_exact_when_few_queries_differ():
+    # Three queries differ, each by +1: of the 8 sign assignments only all-plus and
+    # all-minus reach |sum| 3, so p = 2/8; the agreeing queries change nothing.
+    control = np.array([0, 0, 0, 1, 1, 0, 1.0])
+    treatment = np.array([1, 1, 1, 1, 1, 0, 1.0])
+    assert randomization_test(control, treatment) == (0.25, True)
+    assert randomization_test(treatment, control) == (0.25, True)  # two-sided
+    # Differences 1, 1, -1: |sum| 1 is reached by every assignment.
+    assert randomization_test(np.zeros(3), np.array([1.0, 1.0, -1.0])) == (1.0, True)
+    assert randomization_test(np.ones(4), np.ones(4)) == (1.0, True)
+    # Differences 0.5, 1, 1: |sum| >= 2.5 for (+,+,+), (-,-,-): 2/8; and (-,+,+) gives 1.5.
+    assert randomization_test(np.zeros(3), np.array([0.5, 1.0, 1.0]))[0] == pytest.approx(0.25)
+
+
+def test_randomization_test_resolves_p_below_one_percent():
+    # 40 queries improve and none gets worse: no random assignment matches it, so p is the
+    # smallest the budget can state, 1 / (1 + permutations), well below 0.01.
+    control, treatment = np.zeros(200), np.r_[np.ones(40), np.zeros(160)]
+    p_value, exact = randomization_test(control, treatment, permutations=10_000, seed=1)
+    assert not exact and p_value == pytest.approx(1 / 10_001)
+    assert randomization_test(control, treatment, seed=1) == randomization_test(control, treatment, seed=1)
+
+
+def _runs_with_gain(rng: np.random.Generator, n: int, flips: float, gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """First-positive ranks (1..20) of a control and a treatment that is better on average."""
+    control = rng.integers(1, 21, size=n).astype(float)
+    treatment = control.copy()
+    changed = rng.random(n) < flips
+    treatment[changed] = np.clip(control[changed] + rng.integers(-6, 5, size=changed.sum()), 1, 20)
+    better = rng.random(n) < gain
+    treatment[better] = 1
+    return control, treatment
+
+
+def test_randomization_test_agrees_with_ranx_fisher():
+    numba = pytest.importorskip("numba")
+    from ranx import Qrels, Run, compare
+
+    from components.evaluate import per_query_values
+
+    threads = numba.get_num_threads()
+    # ranx seeds numba's generator on one thread only: one thread makes its draws repeatable.
+    numba.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(3)
+        for n, flips, gain in ((300, 0.3, 0.0), (300, 0.3, 0.04), (300, 0.3, 0.15)):
+            control, treatment = _runs_with_gain(rng, n, flips, gain)
+
+            def run(ranks: np.ndarray, name: str) -> Run:
+                # The positive d0 sits at the given rank among 20 passages.
+                docs = {}
+                for q, rank in enumerate(ranks):
+                    others = iter(range(1, 20))
+                    docs[f"q{q}"] = {("d0" if r == rank else f"d{next(others)}"): float(30 - r) for r in range(1, 21)}
+                return Run(docs, name=name)
+
+            qrels = Qrels({f"q{q}": {"d0": 1} for q in range(n)})
+            report = compare(qrels, [run(control, "control"), run(treatment, "treatment")],
+                             metrics=["hit_rate@1", "hit_rate@5", "mrr@10"], stat_test="fisher",
+                             n_permutations=10_000, random_seed=42)
+            theirs = report.comparisons[frozenset(["control", "treatment"])]
+            for ranx_name, metric, k in (("hit_rate@1", "recall", 1), ("hit_rate@5", "recall", 5),
+                                         ("mrr@10", "mrr", 10)):
+                ours, _ = randomization_test(per_query_values(control, metric, k),
+                                             per_query_values(treatment, metric, k), permutations=10_000)
+                p = theirs[ranx_name]["p_value"]
+                # Two Monte Carlo estimates of one p-value: within 5 standard errors.
+                assert abs(ours - p) <= 5 * math.sqrt(max(p * (1 - p), 1e-4) * 2 / 10_000) + 2e-4, (n, gain, ranx_name)
+        assert p < 0.01 and ours < 0.01  # the strong gain was found by both
+    finally:
+        numba.set_num_threads(threads)
+
+
+def test_bootstrap_interval_agrees_with_scipy():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(5)
+    control, treatment = _runs_with_gain(rng, 400, 0.4, 0.05)
+    from components.evaluate import per_query_values
+
+    a, b = per_query_values(control, "mrr", 10), per_query_values(treatment, "mrr", 10)
+    low, high = bootstrap_interval(a, b, samples=10_000, seed=0)
+    theirs = bootstrap(((b - a),), np.mean, n_resamples=10_000, method="percentile", confidence_level=0.95,
+                       random_state=np.random.default_rng(0)).confidence_interval
+    width = high - low
+    assert low < float(np.mean(b - a)) < high
+    assert abs(low - theirs.low) < 0.05 * width and abs(high - theirs.high) < 0.05 * width
+    comparison = compare_paired(a, b, permutations=2_000, bootstrap_samples=2_000)
+    assert comparison.delta == pytest.approx(float(np.mean(b - a)))
+    assert comparison.ci_low < comparison.delta < comparison.ci_high
+    with pytest.raises(ValueError):
+        compare_paired(a, b[:-1])
+
+
+# --------------------------------------------------------------------------- lexical
+
+
+def test_tokenizers():
+    assert tokenize("手机壳 iPhone15，防摔", "cjk-bigram") == ["手", "机", "壳", "手机", "机壳", "i", "p", "h", "o", "n",
+                                                            "e", "1", "5", "ip", "ph", "ho", "on", "ne", "e1", "15",
+                                                            "防", "摔", "防摔"]
+    assert tokenize("Waterproof, USB-C cable_2m", "words") == ["waterproof", "usb", "c", "cable", "2m"]
+    assert choose_tokenizer(["红色连衣裙 new", "男士跑鞋"]) == "cjk-bigram"
+    assert choose_tokenizer(["Red dress, summer", "running shoes 跑鞋"]) == "words"
+
+
+def test_bm25_scores_by_hand():
+    passages = ["a b a", "b c", "c c c d"]
+    index = BM25Index(passages, BM25Config(k1=1.2, b=0.75, tokenizer="words"))
+    lengths, average = [3, 2, 4], 3.0
+
+    def expected(query: list[str], doc: int) -> float:
+        total = 0.0
+        for term in query:
+            frequency = passages[doc].split().count(term)
+            df = sum(term in p.split() for p in passages)
+            if frequency:
+                idf = math.log(1 + (3 - df + 0.5) / (df + 0.5))
+                total += idf * frequency / (frequency + 1.2 * (1 - 0.75 + 0.75 * lengths[doc] / average))
+        return total
+
+    for query in (["a"], ["b", "c"], ["c", "c"], ["d", "a", "zzz"]):
+        scores = index.scores(" ".join(query))
+        for doc in range(3):
+            assert scores[doc] == pytest.approx(expected(query, doc), rel=1e-5), (query, doc)
+    ranked = index.search(["b c", "zzz", "a"], depth=3)
+    assert ranked[0].tolist() == [1, 2, 0]   # b c: doc 1 has both terms
+    assert ranked[1].tolist() == [-1, -1, -1]  # no shared term: nothing retrieved
+    assert ranked[2].tolist() == [0, -1, -1]
+
+
+def test_reciprocal_rank_fusion_by_hand():
+    dense = np.array([[3, 1, 2], [0, 1, -1]])
+    lexical = np.array([[1, 4, -1], [5, 6, 7]])
+    fused = reciprocal_rank_fusion([dense, lexical], depth=4, k=60)
+    # Query 0: 1 scores 1/62 + 1/61; 3 scores 1/61; 4 scores 1/62; 2 scores 1/63.
+    assert fused[0].tolist() == [1, 3, 4, 2]
+    # Query 1: 0 and 5 tie at 1/61 (lower index first), then 1 and 6 at 1/62.
+    assert fused[1].tolist() == [0, 5, 1, 6]
+    assert reciprocal_rank_fusion([dense[:, :1]], depth=2).tolist() == [[3, -1], [0, -1]]
+
+
+@pytest.mark.parametrize("name, mrr_at_10, hit_at_10", [("amazon_pqa_en", 0.182, 0.274),
+                                                        ("cmrc_drcd_zh", 0.771, 0.887)])
+def test_bm25_reproduces_the_public_data_reference(name, mrr_at_10, hit_at_10):
+    """../shared/data/README.md: BM25 (k1 0.9, b 0.4), global pool, test split."""
+    folder = SHARED_DATA / name
+    if not folder.is_dir():
+        pytest.fail(f"public data missing: {folder} (see ../shared/data/README.md)")
+    corpus = [json.loads(line)["text"] for line in (folder / "corpus.jsonl").open(encoding="utf-8")]
+    test = [json.loads(line) for line in (folder / "test.jsonl").open(encoding="utf-8")]
+    where: dict[str, set[int]] = {}
+    for index, text in enumerate(corpus):
+        where.setdefault(text, set()).add(index)
+    ranked = BM25Index(corpus).search([row["query"] for row in test], 10)
+    metrics = retrieval_metrics(ranked, [set().union(*(where[p] for p in row["pos"])) for row in test], (10,))
+    # The README gives three decimals.
+    assert metrics["mrr@10"] == pytest.approx(mrr_at_10, abs=1e-3)
+    assert metrics["recall@10"] == pytest.approx(hit_at_10, abs=1e-3)
 
 
 # --------------------------------------------------------------------------- the step
@@ -186,26 +369,88 @@ def test_evaluate_end_to_end_same_model(models, data_files, tmp_path):
     assert list(result.flat) == flat_metric_names((1, 5, 10))
     for name, value in result.flat.items():
         assert isinstance(value, float) and math.isfinite(value), name
-        if name.endswith("_delta"):
+        if name.endswith(("_delta", "_delta_ci_low", "_delta_ci_high", "_significant")):
             assert value == pytest.approx(0.0, abs=1e-6), name
+        if name.endswith("_p_value"):
+            assert value == 1.0, name  # the same model: no query differs
+    assert result.flat["significance_level"] == 0.05
     assert result.flat["global_recall_at_1_base"] == on_disk["base"]["global_pool"]["recall@1"]
     assert result.flat["separation_base"] == pytest.approx(on_disk["base"]["separation"]["separation"])
+    assert on_disk["settings"]["lexical"]["bm25_tokenizer"] == "cjk-bigram"
+    assert on_disk["settings"]["significance"]["level"] == 0.05
+
+    # BM25 and the hybrid, recomputed here from the library calls.
+    index = BM25Index(CORPUS)
+    bm25_ranking = index.search([row["query"] for row in TEST_ROWS], 100)
+    global_positives = [{i for i, text in enumerate(CORPUS) if text in row["pos"]} for row in TEST_ROWS]
+    assert on_disk["bm25"]["global_pool"] == retrieval_metrics(bm25_ranking, global_positives, (1, 5, 10))
+    assert result.flat["global_mrr_at_10_bm25"] == on_disk["bm25"]["global_pool"]["mrr@10"]
+    assert result.flat["test_recall_at_1_hybrid"] == on_disk["hybrid"]["test_pool"]["recall@1"]
+    ranks = on_disk["per_query_first_rank"]["global_pool"]
+    assert sorted(ranks) == ["base", "bm25", "finetuned", "hybrid"] and all(len(r) == 5 for r in ranks.values())
+    assert ranks["base"] == ranks["finetuned"]
+    assert np.mean([r == 1 for r in ranks["bm25"]]) == on_disk["bm25"]["global_pool"]["recall@1"]
 
     report = result.report_md_path.read_text(encoding="utf-8")
     assert "### Test pool (6 passages)" in report and "### Global pool (12 passages)" in report
     assert "| recall@5 |" in report and "| mrr@10 |" in report and "Δ%" in report
     assert "| Model | test recall@1 |" in report and "| global mrr@10 | separation |" in report
+    assert "| 95% CI of Δ | p | Significance | BM25 | Hybrid |" in report
+    assert report.count("not significant (p ≥ 0.05)") == 2 * 2 * 3 + 1  # every row, and the headline
+    assert "| BM25 |" in report and "| Hybrid (BM25 + fine-tuned) |" in report
+    assert "Level 0.05" in report and "character unigrams and bigrams" in report
     page = result.report_html_path.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 2
     assert "<table>" in page and 'src="http' not in page and "<script" not in page  # self-contained
+    assert "not significant" in page
+
+
+def test_evaluate_writes_its_folder_whole_or_not_at_all(models, data_files, tmp_path, monkeypatch):
+    base, _ = models
+    test, corpus = data_files
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run", encoding="utf-8")
+    result = evaluate_retrieval(test, corpus, base, base, out, EvaluateConfig(ks=(1,), fusion_depth=5,
+                                                                              encode=ENCODE))
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.html", "report.md"]
+    assert not list(tmp_path.glob(".out.*")), "no temporary sibling is left behind"
+    before = result.metrics_path.read_bytes()
+
+    # A run that fails half-way (metrics written, the HTML report not) leaves the earlier
+    # folder exactly as it was.
+    def broken(metrics):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(evaluate_module, "render_html_report", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        evaluate_retrieval(test, corpus, base, base, out, CONFIG)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.html", "report.md"]
+    assert result.metrics_path.read_bytes() == before
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_profile_overrides_reach_both_models(models):
+    from components.model_profiles import ProfileOverrides
+
+    base, tuned = models
+    config = EvaluateConfig(encode=ENCODE, profile=ProfileOverrides(pooling="cls", query_instruction="问："))
+    for model in (base, tuned):
+        encoder = evaluate_module._make_encoder(model, config)
+        assert encoder.profile.pooling == "cls" and encoder.profile.format_query("鞋") == "问：鞋"
+    assert evaluate_module._make_encoder(base, CONFIG).profile.pooling == "mean"
+    with pytest.raises(ValueError, match="pooling"):
+        EvaluateConfig(profile=ProfileOverrides(pooling="max"))
 
 
 def test_evaluate_without_negatives_reports_no_separation(models, data_files, tmp_path):
     base, tuned = models
     test, corpus = data_files
     _write_jsonl(test, [{"query": row["query"], "pos": row["pos"]} for row in TEST_ROWS])
-    result = evaluate_retrieval(test, corpus, base, tuned, tmp_path / "out", EvaluateConfig(ks=(2,), encode=ENCODE))
-    assert list(result.flat) == flat_metric_names((2,))
+    result = evaluate_retrieval(test, corpus, base, tuned, tmp_path / "out",
+                                EvaluateConfig(ks=(2,), lexical_baselines=False, encode=ENCODE))
+    assert list(result.flat) == flat_metric_names((2,), lexical_baselines=False)
+    assert "bm25" not in result.metrics and result.metrics["settings"]["lexical"] is None
     assert all(math.isnan(result.flat[f"separation_{role}"]) for role in ("base", "finetuned", "delta"))
     on_disk = json.loads(result.metrics_path.read_text(encoding="utf-8"))  # strict JSON: null, not NaN
     assert on_disk["base"]["separation"]["separation"] is None

@@ -95,7 +95,7 @@ def test_step_configs_follow_the_parameters():
     ("freeze_word_embeddings", "ON", "true or false"),
     ("max_steps", "1.5", "an integer"),
     ("learning_rate", "nan", "a finite number"),
-    ("teacher", "reranker", "one of cross-encoder, embedding"),
+    ("teacher", "reranker", "one of cross-encoder, embedding, hybrid"),
     ("normalize", "true", "one of auto, on, off"),
 ])
 def test_set_values_are_strict_and_stop_before_kfp_starts(tmp_path, capsys, name, value, allowed):
