@@ -8,7 +8,6 @@ split measures retrieval of passages the model never saw as positives.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random

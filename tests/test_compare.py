@@ -19,7 +19,9 @@ from tests.kfp_api_server import KfpApiServer
 
 def _metrics(shift: float, extra: dict | None = None) -> dict:
     values = {}
-    for index, name in enumerate(flat_metric_names()):
+    headline = [name for name in flat_metric_names(lexical_baselines=False)
+                if name.endswith(("_base", "_finetuned", "_delta"))]
+    for index, name in enumerate(headline):
         base = 0.3 + 0.01 * (index % 7)
         if name.endswith("_base"):
             values[name] = base
@@ -42,6 +44,7 @@ def test_local_runs_side_by_side_in_text_markdown_and_html(tmp_path, capsys):
     a = _run_folder(tmp_path / "runs" / "lr-5e-5", _metrics(0.05))
     b = _run_folder(tmp_path / "runs" / "lr-1e-4", _metrics(0.12, {"global_recall_at_1_p_value": 0.003,
                                                                    "global_mrr_at_10_bm25": 0.176,
+                                                                   "final_train_loss": 0.42,
                                                                    "gate_decision": "promote"}),
                     learning_rate=1e-4)
     c = _run_folder(tmp_path / "runs" / "kd-off", _metrics(0.08), knowledge_distillation="off")
@@ -62,7 +65,8 @@ def test_local_runs_side_by_side_in_text_markdown_and_html(tmp_path, capsys):
     assert rows["global_mrr_at_10_bm25"] == ["—", "0.1760", "—"]
     assert "gate_decision" not in rows, "a non-number is not a metric row"
     names = [line.split()[0] for line in lines if line.startswith("  ")]
-    assert names.index("separation_delta") < names.index("global_mrr_at_10_bm25"), "known metrics first"
+    assert names.index("global_mrr_at_10_bm25") < names.index("final_train_loss"), "known metrics first"
+    assert rows["final_train_loss"] == ["—", "0.4200", "—"]
     assert lines[-3] == "* best of the runs; best run overall by global_mrr_at_10_finetuned: lr-1e-4"
     assert lines[-2:] == [f"markdown: {tmp_path / 'c.md'}", f"html: {tmp_path / 'c.html'}"]
 
