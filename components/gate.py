@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from components.evaluate import POOLS, flat_metric_name
+from components.metric_names import POOLS, flat_metric_name
 from components.jsonl_files import write_json, write_text
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.evaluate import POOLS, flat_metric_names
+from components.metric_names import POOLS, flat_metric_names
 from components.object_store import is_s3_uri, join_uri, list_objects, read_object
 
 logger = logging.getLogger(__name__)

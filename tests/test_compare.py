@@ -11,7 +11,7 @@ import uuid
 import pytest
 from kfp_server_api import models
 
-from components.evaluate import flat_metric_names
+from components.metric_names import flat_metric_names
 from pipelines.cli import main
 from pipelines.parameters import LOCAL
 from tests.kfp_api_server import KfpApiServer

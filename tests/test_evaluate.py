@@ -19,8 +19,6 @@ from components.embedding_cache import CacheKey, save_passage_embeddings, texts_
 from components.evaluate import (
     EvaluateConfig,
     evaluate_retrieval,
-    flat_metric_name,
-    flat_metric_names,
     metrics_from_scores,
     normalize_rows,
     retrieval_metrics,
@@ -28,6 +26,7 @@ from components.evaluate import (
 )
 from components.jsonl_files import DataError
 from components.lexical_retrieval import BM25Config, BM25Index, choose_tokenizer, reciprocal_rank_fusion, tokenize
+from components.metric_names import flat_metric_name, flat_metric_names
 from components.model_profiles import resolve_model
 from components.significance import bootstrap_interval, compare_paired, randomization_test
 from tests.conftest import SHARED_DATA

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.evaluate import flat_metric_name
+from components.metric_names import flat_metric_name
 from components.gate import NO_SIGNIFICANCE, GateConfig, decide_promotion
 from pipelines.cli import main
 

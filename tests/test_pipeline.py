@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from components.evaluate import flat_metric_names
+from components.metric_names import flat_metric_names
 from components.sample_data import SampleDataConfig, generate_sample_data
 from pipelines.cli import main
 from pipelines.parameters import LOCAL, RECIPE

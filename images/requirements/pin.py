@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 HERE = Path(__file__).resolve().parent
 PYPROJECT = HERE.parents[1] / "pyproject.toml"
 NOT_PINNED_HERE = {"torch", "triton", "pip", "setuptools", "wheel"}
-LAUNCHER = ("kfp", "kubernetes", "boto3", "pyyaml", "rich")  # drive the cluster: no torch
+LAUNCHER = ("kfp", "kubernetes", "boto3", "pyyaml", "rich", "helm-python-sdk")  # drive the cluster: no torch
 TRAIN_EXTRA = ("deepspeed",)
 SERVING = ("boto3",)  # beside SGLang's own Python, which has torch, numpy and tqdm
 
