@@ -32,6 +32,7 @@ from components.object_store import (
     split_s3_uri,
 )
 from pipelines.kfp_components import evaluate_models
+from pipelines.parameters import RECIPE
 from tests.conftest import REPO_ROOT
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
 
@@ -40,6 +41,9 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning")]
 
 BIG_MB = 40
+# The model-profile parameters as the pipeline passes them by default: the model's own.
+PROFILE_AS_THE_MODEL_SAYS = {name: getattr(RECIPE, name)
+                             for name in ("pooling", "normalize", "query_instruction", "passage_instruction")}
 
 
 def _model_folder(folder: Path, big_mb: int = 0) -> Path:
@@ -131,7 +135,8 @@ def _run_evaluate_on(tmp_path: Path, base_embeddings: Path, model: Path) -> None
         finetuned = dsl.importer(artifact_uri=str(model), artifact_class=Model)
         evaluate_models(mined_test=mined_test.output, global_pool=global_pool.output,
                         base_embeddings=cache.output, finetuned_model=finetuned.output,
-                        base_model=str(model), query_max_len=8, passage_max_len=8, encode_batch_size=8)
+                        base_model=str(model), query_max_len=8, passage_max_len=8, encode_batch_size=8,
+                        **PROFILE_AS_THE_MODEL_SAYS)
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     handover()
@@ -204,8 +209,8 @@ def test_a_local_step_reads_s3_data_and_logs_no_credential(tmp_path, s3_environm
     s3_environment.client().put_object(Bucket="data", Key="inputs/rows.jsonl", Body=rows.encode("utf-8"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     task = prepare_data(train_data="s3://data/inputs/rows.jsonl", test_data="", corpus="", sample_queries=10,
-                        sample_seed=1, test_fraction=0.2, seed=1, skip_invalid=False, model="", query_max_len=64,
-                        passage_max_len=64)
+                        sample_seed=1, test_fraction=0.2, seed=1, skip_invalid=False, student_model="",
+                        query_max_len=64, passage_max_len=64, input_fingerprint="", **PROFILE_AS_THE_MODEL_SAYS)
     assert task.outputs["train_set"].metadata["rows"] + task.outputs["test_set"].metadata["rows"] == 20
     log = capfd.readouterr()
     assert "s3://data/inputs/rows.jsonl" in log.out + log.err, "the step's log was captured"

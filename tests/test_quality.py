@@ -1,5 +1,12 @@
-"""Quality on real data: a brief fine-tune of the builtin model on a slice of cmrc_drcd_zh
-must raise recall@1 on a slice of its test split, with the local preset's settings."""
+"""Learning on real data: the local preset, on a slice of cmrc_drcd_zh, must rank the
+queries it was trained on clearly better than the base model did: a margin no single query
+decides, with the evaluate step's own paired significance test, at a fixed seed and fp32.
+
+This is the default suite's check that the recipe's steps, chained as the pipeline chains
+them, teach the model something on real Chinese text (a scale bug in the teacher scores, a
+silently frozen model or a broken data path fails it). Whether that generalizes to unseen
+queries, and by how much, is the claim of ``benchmarks/local_pipeline.py``: it needs the whole
+split and about an hour, too long for this suite."""
 
 from __future__ import annotations
 
@@ -7,21 +14,20 @@ import json
 
 import pytest
 
-from components.embedding import EncodeConfig
 from components.evaluate import EvaluateConfig, evaluate_retrieval
-from components.mine import MineConfig, mine_hard_negatives, parse_range
+from components.mine import MineConfig, mine_hard_negatives
 from components.prepare import prepare_training_data
 from components.score import ScoreConfig, score_with_teacher
 from components.train import TrainConfig, fine_tune
-from pipelines.parameters import LOCAL
+from pipelines.parameters import LOCAL, step_config
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 
 DATA = SHARED_DATA / "cmrc_drcd_zh"
-TRAIN_QUERIES, TEST_QUERIES, DISTRACTORS_PER_QUERY = 1600, 250, 8
-
-
+# 240 queries: 30 optimizer steps at the preset's batch of 8, a few minutes on 2 cores.
+TRAIN_QUERIES, TEST_QUERIES, DISTRACTORS_PER_QUERY = 240, 30, 4
+MIN_GAIN, MAX_P_VALUE = 0.05, 0.01
 def _lexical_neighbours(queries: list[str], texts: list[str], per_query: int) -> set[int]:
     """Indices of the texts sharing the most character bigrams with each query: the
     distractors a lexical matcher (and an untuned model) confuses with the answer."""
@@ -51,36 +57,25 @@ def cmrc_slice(tmp_path_factory):
     return folder
 
 
-def test_brief_fine_tune_improves_recall_at_1(cmrc_slice, tmp_path):
-    p = LOCAL
-    encode = EncodeConfig(batch_size=p.encode_batch_size, show_progress=False)
+def test_the_local_preset_learns_its_training_queries(cmrc_slice, tmp_path):
+    values = LOCAL.with_overrides(precision="fp32").as_arguments()
     prepared = prepare_training_data(cmrc_slice / "train.jsonl", tmp_path / "prepared",
                                      test_path=cmrc_slice / "test.jsonl", corpus_path=cmrc_slice / "corpus.jsonl")
-    mined = mine_hard_negatives(prepared.train, tmp_path / "mined",
-                                MineConfig(model=p.student_model, range_for_sampling=parse_range(p.negative_range),
-                                           negative_number=p.negative_number, query_max_len=p.query_max_len,
-                                           passage_max_len=p.passage_max_len, encode=encode),
+    mined = mine_hard_negatives(prepared.train, tmp_path / "mined", step_config(MineConfig, values),
                                 test_path=prepared.test, corpus_path=prepared.corpus)
-    # As in the pipeline: the teacher reads the pipeline's lengths, so the embedding teacher
-    # (the student model) takes mine's passage vectors instead of encoding them again.
-    scored = score_with_teacher(mined.train, tmp_path / "scored",
-                                ScoreConfig(teacher=p.teacher, teacher_model=p.teacher_model,
-                                            query_max_len=p.query_max_len, passage_max_len=p.passage_max_len,
-                                            encode=encode),
+    scored = score_with_teacher(mined.train, tmp_path / "scored", step_config(ScoreConfig, values),
                                 pool_embeddings=mined.base_embeddings)
-    trained = fine_tune(scored, tmp_path / "model", TrainConfig(
-        model=p.student_model, train_group_size=p.train_group_size, query_max_len=p.query_max_len,
-        passage_max_len=p.passage_max_len, knowledge_distillation=p.knowledge_distillation,
-        learning_rate=p.learning_rate, num_train_epochs=p.num_train_epochs,
-        per_device_train_batch_size=p.per_device_train_batch_size, precision=p.precision, deepspeed=p.deepspeed,
-        gradient_checkpointing=p.gradient_checkpointing, freeze_word_embeddings=p.freeze_word_embeddings,
-        nproc_per_node=p.nproc_per_node, logging_steps=25))
-    result = evaluate_retrieval(mined.test, prepared.corpus, p.student_model, trained.model_dir, tmp_path / "eval",
-                                EvaluateConfig(query_max_len=p.query_max_len, passage_max_len=p.passage_max_len,
-                                               encode=encode),
+    trained = fine_tune(scored, tmp_path / "model", step_config(TrainConfig, values))
+    assert trained.summary["losses"], "training logged its loss"
+    result = evaluate_retrieval(mined.train, prepared.corpus, LOCAL.student_model, trained.model_dir,
+                                tmp_path / "eval", step_config(EvaluateConfig, values),
                                 base_passage_embeddings=mined.base_embeddings)
     flat = result.flat
     print(result.report_md_path.read_text(encoding="utf-8"))
-    assert flat["global_recall_at_1_finetuned"] > flat["global_recall_at_1_base"]
-    assert flat["test_recall_at_1_finetuned"] > flat["test_recall_at_1_base"]
+    gain = flat["global_recall_at_1_finetuned"] - flat["global_recall_at_1_base"]
+    queries = json.loads(result.metrics_path.read_text(encoding="utf-8"))["counts"]["queries"]
+    assert gain * queries >= 3, f"a gain of {gain:.4f} over {queries} queries is a couple of queries at most"
+    assert gain >= MIN_GAIN, f"global recall@1 on the trained queries rose by {gain:.4f} only"
+    assert flat["global_recall_at_1_p_value"] < MAX_P_VALUE, flat["global_recall_at_1_p_value"]
+    assert flat["global_mrr_at_10_finetuned"] > flat["global_mrr_at_10_base"]
     assert flat["separation_finetuned"] > flat["separation_base"]
