@@ -11,8 +11,11 @@ parameter's name and its allowed values before any work.
 ``RECIPE`` is the cluster run as the recipe describes it (bge-large-zh-v1.5, the
 bge-reranker-v2-m3 teacher, 512-token inputs, group 8, 5 epochs, fp16, DeepSpeed, two
 GPUs). ``LOCAL`` is what ``searchtune run --local`` uses: the same pipeline, scaled to a
-2-core CPU with no model hub: the builtin multilingual-e5-small as student and teacher,
-lengths that fit the sample data, bf16 where the CPU has it, word embeddings frozen.
+2-core CPU with no model hub: the builtin multilingual-e5-small as student, a hybrid
+teacher (that model's cosine plus a BM25 share: it ranks cmrc_drcd_zh's validation queries
+0.065 recall@1 above the model alone, where the model as its own teacher only pulls the
+student back to its starting ranking), lengths that fit the sample data, bf16 where the CPU
+has it, word embeddings frozen.
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ RECIPE = PipelineParameters()
 
 LOCAL = RECIPE.with_overrides(
     student_model="builtin:multilingual-e5-small",
-    teacher="embedding",
+    teacher="hybrid",
     teacher_model="builtin:multilingual-e5-small",
     query_max_len=64,
     passage_max_len=128,
