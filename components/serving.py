@@ -236,23 +236,30 @@ class BatchWorker:
             if first is None:
                 break
             jobs, stop = self._gather(first)
-            token_ids = [ids for job in jobs for ids in job.token_ids]
             with self._lock:
-                self._pending_texts -= len(token_ids)
-            started = time.perf_counter()
-            try:
-                vectors = self.encoder.encode_token_ids(token_ids, "serve")
-            except Exception as error:  # a failed batch fails its requests, never the worker
-                logger.exception("encoding a batch of %d texts failed", len(token_ids))
-                for job in jobs:
-                    job.future.set_exception(error)
-                continue
-            if self.observe is not None:
-                self.observe(len(token_ids), sum(len(t) for t in token_ids), time.perf_counter() - started)
-            offset = 0
+                self._pending_texts -= sum(len(job.token_ids) for job in jobs)
+            # A request whose client went away (its task cancelled) cancels its future: its
+            # texts are not encoded, and a cancelled future is never given a result.
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            if jobs:
+                self._encode(jobs)
+
+    def _encode(self, jobs: list[_Job]) -> None:
+        token_ids = [ids for job in jobs for ids in job.token_ids]
+        started = time.perf_counter()
+        try:
+            vectors = self.encoder.encode_token_ids(token_ids, "serve")
+        except Exception as error:  # a failed batch fails its requests, never the worker
+            logger.exception("encoding a batch of %d texts failed", len(token_ids))
             for job in jobs:
-                job.future.set_result(vectors[offset:offset + len(job.token_ids)])
-                offset += len(job.token_ids)
+                job.future.set_exception(error)
+            return
+        if self.observe is not None:
+            self.observe(len(token_ids), sum(len(t) for t in token_ids), time.perf_counter() - started)
+        offset = 0
+        for job in jobs:
+            job.future.set_result(vectors[offset:offset + len(job.token_ids)])
+            offset += len(job.token_ids)
 
 
 # --------------------------------------------------------------------------- request handling

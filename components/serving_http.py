@@ -116,6 +116,21 @@ def _local_model(name: str) -> str:
     return str(cached)
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes, whether or not the client
+    declared its length (a chunked body has no Content-Length)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"request body of {length} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(config: ServeConfig):
     """The FastAPI app: loads the model (and the search page's models) before returning."""
     from fastapi.exceptions import RequestValidationError
@@ -168,14 +183,13 @@ def create_app(config: ServeConfig):
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         check_auth(request)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_request_bytes:
-            raise APIError(413, f"request body of {length} bytes is over the limit of {config.max_request_bytes}")
-        raw = await request.body()
+        raw = await _read_body(request, config.max_request_bytes)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise APIError(400, f"could not parse the JSON body of the request: {error}") from None
+        except RecursionError:
+            raise APIError(400, "could not parse the JSON body of the request: nested too deeply") from None
         parsed = service.parse(body)
         token_ids = await run_in_threadpool(service.tokenize, parsed)
         vectors = await asyncio.wrap_future(worker.submit(token_ids))
@@ -196,6 +210,9 @@ def create_app(config: ServeConfig):
 
     @app.get("/health")
     async def health():
+        # Liveness: a server whose model worker has stopped can never answer again.
+        if not worker.alive:
+            return _json_response({"status": "model worker stopped"}, 503)
         return _json_response({"status": "ok"})
 
     @app.get("/ready")

@@ -16,12 +16,13 @@ from tests.conftest import build_tiny_bert
 
 from components.embedding import EncodeConfig, TextEncoder
 from components.model_profiles import resolve_model
-from components.serving import ServeConfig, ServerProcess
+from components.serving import BatchWorker, ServeConfig, ServerProcess
 from pipelines.cli import main
 
 MODEL_NAME = "tiny-e5"
 API_KEY = "test-key"
 MAX_INPUTS = 16
+MAX_REQUEST_BYTES = 16_384
 ENGLISH = ["red summer dress", "waterproof hiking shoes", "a thermos for my grandfather"]
 
 
@@ -35,7 +36,8 @@ def tiny_e5(tmp_path_factory, tiny_texts):
 @pytest.fixture(scope="module")
 def server(tiny_e5, tmp_path_factory):
     config = ServeConfig(model=str(tiny_e5), served_model_name=MODEL_NAME, port=0, api_key=API_KEY,
-                         precision="fp32", device="cpu", max_inputs_per_request=MAX_INPUTS, batch_wait_ms=20)
+                         precision="fp32", device="cpu", max_inputs_per_request=MAX_INPUTS, batch_wait_ms=20,
+                         max_request_bytes=MAX_REQUEST_BYTES)
     process = ServerProcess(config, log_path=tmp_path_factory.mktemp("server") / "server.log").start()
     yield process
     # Every bad request of this module went through it: it must still be running and stop cleanly.
@@ -146,6 +148,42 @@ def test_malformed_json_a_wrong_key_and_unknown_paths_get_openai_errors(server):
     reply = httpx.get(f"{server.base_url}/v1/completions")
     assert reply.status_code == 404 and "error" in reply.json()
     assert httpx.get(f"{server.base_url}/v1/embeddings").status_code == 405
+
+
+def test_an_oversized_body_is_refused_declared_or_chunked_and_deep_nesting_is_a_400(server):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    url = f"{server.base_url}/v1/embeddings"
+    oversized = ('{"model": "%s", "input": "%s"}' % (MODEL_NAME, "x" * MAX_REQUEST_BYTES)).encode()
+    reply = httpx.post(url, content=oversized, headers=headers)
+    assert reply.status_code == 413 and "over the limit" in reply.json()["error"]["message"]
+
+    def chunks():  # a generator body goes out chunked, with no Content-Length to check
+        for start in range(0, len(oversized), 4096):
+            yield oversized[start:start + 4096]
+
+    reply = httpx.post(url, content=chunks(), headers=headers)
+    assert reply.status_code == 413 and "over the limit" in reply.json()["error"]["message"]
+    reply = httpx.post(url, content=b"[" * 5000 + b"]" * 5000, headers=headers)
+    assert reply.status_code == 400 and "nested too deeply" in reply.json()["error"]["message"]
+    assert httpx.get(f"{server.base_url}/ready").status_code == 200
+
+
+def test_a_cancelled_request_neither_stops_the_worker_nor_gets_encoded(in_process, tiny_texts):
+    """A request whose client goes away cancels its future while it waits in a batch."""
+    token_ids = [in_process.tokenizer(text)["input_ids"] for text in tiny_texts[:3]]
+    seen = []
+    worker = BatchWorker(in_process, max_batch_texts=64, max_batch_tokens=4096, wait_s=0.5,
+                         observe=lambda texts, tokens, seconds: seen.append(texts))
+    try:
+        kept, dropped = worker.submit(token_ids[:2]), worker.submit(token_ids[2:])
+        assert dropped.cancel()  # still gathering: the worker waits 0.5 s for company
+        assert kept.result(timeout=30).shape == (2, in_process.dimension)
+        assert seen == [2]  # the cancelled request's text was not encoded
+        later = worker.submit(token_ids[:1])
+        assert later.result(timeout=30).shape == (1, in_process.dimension)
+        assert worker.alive
+    finally:
+        worker.close()
 
 
 def test_truncate_keeps_the_first_tokens_as_in_process_encoding_does(client, in_process):
