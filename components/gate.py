@@ -152,9 +152,10 @@ def _drop_checks(metrics: Mapping[str, float], config: GateConfig) -> tuple[list
     worst: tuple[float, str] | None = None
     for pool, metric, k in headline:
         delta = _number(metrics, flat_metric_name(pool, metric, k, "delta"))  # type: ignore[arg-type]
-        if delta is None:
-            continue
         label = _label(pool, metric, k)
+        if delta is None:  # NaN or not a number: a metric that cannot be read cannot be shown not to fall
+            reasons.append(f"{label}: the evaluation's {flat_metric_name(pool, metric, k, 'delta')} is not a number")
+            continue
         if worst is None or delta < worst[0]:
             worst = (delta, label)
         if delta < -config.max_metric_drop:

@@ -84,6 +84,12 @@ def test_missing_recall_metrics_are_named(tmp_path):
     assert "global recall@1: the evaluation has no global_recall_at_1_delta" in decision.reasons
 
 
+def test_a_headline_metric_that_is_not_a_number_blocks_promotion(tmp_path):
+    decision = decide_promotion(evaluation_metrics(global_mrr_at_10_delta=float("nan")), tmp_path, CONFIG)
+    assert not decision.promote
+    assert "global mrr@10: the evaluation's global_mrr_at_10_delta is not a number" in decision.reasons
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="significance_level"):
         GateConfig(significance_level=0)
