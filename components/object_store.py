@@ -409,6 +409,15 @@ def _list_keys(client, bucket: str, prefix: str, uri: str, settings: StorageSett
     return _with_retries(listing, uri, "listing", settings)
 
 
+def sealed_manifest(uri: str, settings: StorageSettings = DEFAULT_SETTINGS) -> dict:
+    """The manifest in a sealed ``s3://`` folder's completion marker (its files, sizes, checksums).
+
+    Raises:
+        IncompleteFolderError: the folder has no completion marker.
+    """
+    return _read_s3_marker(uri, settings)
+
+
 def _read_s3_marker(uri: str, settings: StorageSettings) -> dict:
     from botocore.exceptions import ClientError
 

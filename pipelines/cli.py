@@ -211,6 +211,16 @@ def _command_pull_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_push_model(args: argparse.Namespace) -> int:
+    from components.model_profiles import ProfileOverrides
+    from components.model_store import push_model
+
+    pushed = push_model(args.model, args.uri, config_from_flags(ProfileOverrides, args))
+    kind = "cross-encoder" if pushed.cross_encoder else "embedding model"
+    print(f"{pushed.uri} ({kind}: {pushed.files} files, {pushed.total_bytes / 1e6:.1f} MB, sealed)")
+    return 0
+
+
 def _pipeline_parameters(args: argparse.Namespace):
     """The preset with --train-data/--test-data/--corpus and every --set applied; each
     value parsed strictly and every step's config built, so a bad value stops here,
@@ -242,16 +252,30 @@ def _command_submit(args: argparse.Namespace) -> int:
     from pipelines.submit import kfp_client, run_arguments, submit_run, wait_for_run
 
     profile, text = _load_profile(args)
+    local_only = [flag for flag, value in (("--output-dir", getattr(args, "output_dir", None)),
+                                           ("--cache-dir", getattr(args, "cache_dir", None))) if value]
+    if local_only:
+        raise ValueError(f"{local_only[0]}: only a local run (--local) has a run folder and a step cache here; "
+                         "a cluster run keeps its artifacts under the profile's pipeline_root")
     for name in ("train_data", "test_data", "corpus"):
         value = getattr(args, name, None)
         if value and not value.startswith("s3://"):
             raise ValueError(f"--{name.replace('_', '-')}: a cluster run reads its data from S3; "
                              f"give an s3:// URI, not {value!r}")
     parameters = _pipeline_parameters(args)
-    api = kfp_client(args.host, args.namespace or profile.namespace, args.token_file, args.kube_context)
+    if args.namespace and args.namespace != profile.namespace:
+        # The namespace is the run's and its training job's: the profile the step reads says so too.
+        from dataclasses import replace
+
+        from pipelines.cluster_profile import profile_to_yaml
+
+        profile = replace(profile, namespace=args.namespace)
+        text = profile_to_yaml(profile)
+    api = kfp_client(args.host, profile.namespace, args.token_file, args.kube_context)
     explicit = {item.partition("=")[0].replace("-", "_") for item in args.set or []}
     run = submit_run(api, run_arguments(parameters.as_arguments(), explicit), profile, text,
-                     experiment=args.experiment, run_name=args.run_name, package=args.output)
+                     experiment=args.experiment, run_name=args.run_name, package=args.output,
+                     enable_caching=not args.no_cache)
     print(f"run {run.run_id} submitted: {run.link}", flush=True)
     if not args.wait:
         return 0
@@ -295,10 +319,28 @@ def _command_run(args: argparse.Namespace) -> int:
     print(gate_report)
     # Promotion runs under the gate's condition, so it is not a pipeline output: find its report.
     promotions = sorted(run_dir.glob("artifacts/**/promote-model/promotion"), key=lambda p: p.stat().st_mtime)
-    if metrics.get("gate_promote") == 1.0 and promotions:
-        print(promotions[-1].read_text(encoding="utf-8"))
+    promotion = promotions[-1].read_text(encoding="utf-8") if metrics.get("gate_promote") == 1.0 and promotions \
+        else None
+    if promotion:
+        print(promotion)
     print(f"run folder: {run_dir} ({time.time() - started:.0f} s)")
+    print(run_ending(gate_report, promotion))
     return 0
+
+
+def run_ending(gate_report: str, promotion: str | None) -> str:
+    """The last lines of a local run: the gate's decision, then (when it promoted) the one
+    command that serves the promoted model with its search page."""
+    lines = gate_report.splitlines()
+    verdict = lines[0].removeprefix("# Quality gate: ") if lines else "no decision"
+    reasons = [line.removeprefix("- ") for line in lines[1:] if line.startswith("- ")]
+    ending = [f"quality gate: {verdict}" + (f" ({'; '.join(reasons)})" if reasons else "")]
+    if promotion is not None:
+        command = next((line.strip() for line in promotion.splitlines() if line.strip().startswith("searchtune serve")),
+                       None)
+        if command:
+            ending += ["serve the promoted model and its search page:", f"    {command}"]
+    return "\n".join(ending)
 
 
 def _add_submit_options(parser: argparse.ArgumentParser) -> None:
@@ -352,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--test-data", help="test rows (s3:// URI)")
     submit.add_argument("--corpus", help="extra {id,text} passages (s3:// URI)")
     submit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a pipeline parameter")
+    submit.add_argument("--no-cache", action="store_true", help="run every step even if cached")
     _add_submit_options(submit)
     submit.set_defaults(handler=_command_submit)
 
@@ -435,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--allow-incompatible-profile", action="store_true",
                       help="with --serving-engine: keep such a model, with a loud warning")
     pull.set_defaults(handler=_command_pull_model)
+
+    from components.model_profiles import ProfileOverrides
+
+    push = commands.add_parser("push-model", help="upload a base model to S3 for a cluster run (pods have no hub)")
+    push.add_argument("--model", required=True,
+                      help="a model folder, a Hugging Face id (cached, else downloaded) or builtin:<name>")
+    push.add_argument("--uri", required=True, help="s3://bucket/prefix/<model-name>/ (sealed with a completion marker)")
+    add_config_flags(push, ProfileOverrides)
+    push.set_defaults(handler=_command_push_model)
     from components.gate import GateConfig
 
     gate = commands.add_parser("gate", help="promote or not, from a run's metrics (exit 0: promote, 1: not)")

@@ -98,6 +98,8 @@ def pipeline_for_profile(profile: ClusterProfile, pipeline=None):
     Args:
         profile: the cluster profile.
         pipeline: a ``@dsl.pipeline`` component (default: the searchtune pipeline).
+        enable_caching: False compiles every step with the cache off (``--no-cache``: a run
+            created from an uploaded version ignores the client's own caching option).
     """
     from kfp import dsl
     from kfp.dsl import pipeline_context
@@ -134,8 +136,22 @@ def profile_parameter(profile: ClusterProfile) -> str:
     return text
 
 
+def _disable_caching(path: Path) -> None:
+    """Turn the step cache off in a compiled pipeline (every task, nested DAGs included)."""
+    import yaml
+
+    documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    spec = documents[0]
+    dags = [spec["root"]["dag"]] + [component["dag"] for component in spec.get("components", {}).values()
+                                    if "dag" in component]
+    for dag in dags:
+        for task in dag.get("tasks", {}).values():
+            task.setdefault("cachingOptions", {})["enableCache"] = False
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+
+
 def compile_for_profile(output: str | os.PathLike, profile: ClusterProfile | None = None,
-                        profile_text: str = "", pipeline=None) -> Path:
+                        profile_text: str = "", pipeline=None, enable_caching: bool = True) -> Path:
     """Write the pipeline YAML for ``profile`` (the defaults when None); returns the path.
 
     Args:
@@ -157,6 +173,8 @@ def compile_for_profile(output: str | os.PathLike, profile: ClusterProfile | Non
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(configured, str(output), pipeline_parameters=parameters or None)
+    if not enable_caching:
+        _disable_caching(output)
     logger.info("compiled %s for namespace %s, pipeline root %s", output, profile.namespace,
                 profile.pipeline_root)
     return output

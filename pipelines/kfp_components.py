@@ -139,9 +139,12 @@ def score_pairs(
     import tempfile
 
     from components.model_profiles import ProfileOverrides
+    from components.object_store import require_complete_folder
     from components.score import METADATA_FILENAME, ScoreConfig, score_with_teacher
     from pipelines.parameters import step_config
 
+    # mine's vectors are reused only from a folder that was written whole.
+    require_complete_folder(base_embeddings.path)
     config = step_config(ScoreConfig, locals())
     if teacher_model != student_model:
         # The profile overrides describe the student; another teacher keeps its own profile.
@@ -166,6 +169,7 @@ def fine_tune_embedder(
     temperature: float,
     num_train_epochs: float,
     max_steps: int,
+    save_steps: int,
     per_device_train_batch_size: int,
     precision: str,
     deepspeed: bool,
@@ -190,6 +194,13 @@ def fine_tune_embedder(
     import json
 
     if train_executor == "local":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise RuntimeError(
+                "train_executor=local trains with torchrun in this step's own pod, but its image has no torch: "
+                "the pipeline was compiled for a cluster job (the cluster profile's training.executor); "
+                "recompile with training.executor: local to train in the train image, or keep the compiled executor")
         from components.object_store import seal_folder
         from components.train import TrainConfig, fine_tune
         from pipelines.parameters import step_config
@@ -203,7 +214,8 @@ def fine_tune_embedder(
         flags = dict(model=student_model, train_group_size=train_group_size, query_max_len=query_max_len,
                      passage_max_len=passage_max_len, knowledge_distillation=knowledge_distillation,
                      learning_rate=learning_rate, temperature=temperature, num_train_epochs=num_train_epochs,
-                     max_steps=max_steps, per_device_train_batch_size=per_device_train_batch_size,
+                     max_steps=max_steps, save_steps=save_steps,
+                     per_device_train_batch_size=per_device_train_batch_size,
                      precision=precision, deepspeed=deepspeed, gradient_checkpointing=gradient_checkpointing,
                      freeze_word_embeddings=freeze_word_embeddings, nproc_per_node=nproc_per_node, seed=seed,
                      pooling=pooling, normalize=normalize, query_instruction=query_instruction,
@@ -364,8 +376,11 @@ def parity_check(
 
     name = promoted_model.metadata["served_model_name"]
     work = tempfile.mkdtemp(prefix="parity-")
+    # The copy served here runs in fp32, as the reference does: parity checks what serving
+    # changes (pooling, normalization, truncation, instructions), not this CPU's bf16 rounding.
     server = (contextlib.nullcontext() if serving_endpoint else
-              ServerProcess(ServeConfig(model=promoted_model.metadata["model_uri"], served_model_name=name, port=0),
+              ServerProcess(ServeConfig(model=promoted_model.metadata["model_uri"], served_model_name=name, port=0,
+                                        precision="fp32"),
                             log_path=f"{work}/server.log"))
     with server:
         # A ParityError fails the step; its message names what differs.

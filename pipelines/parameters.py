@@ -100,6 +100,8 @@ class PipelineParameters:
     Empty ``serving_uri`` keeps the promoted model in the promote step's own artifact;
     ``helm_release`` (with an ``s3://`` ``serving_uri``) upgrades the serving chart; empty
     ``serving_endpoint`` makes the parity step serve the promoted copy itself.
+    ``save_steps`` is the checkpoint interval in optimizer steps: a training job that loses a
+    node resumes from its newest complete checkpoint, so it loses at most that many steps.
     ``train_executor`` is where fine-tuning runs: ``local`` (torchrun in the step's own
     pod), ``pytorchjob`` (a Kubeflow PyTorchJob) or ``trainjob`` (a Kubeflow Trainer v2
     TrainJob); ``cluster_profile`` is the cluster profile's YAML text for the job (empty:
@@ -144,6 +146,7 @@ class PipelineParameters:
     temperature: float = step_field((TrainConfig, "temperature"), (ScoreConfig, "student_temperature"))
     num_train_epochs: float = step_field((TrainConfig, "num_train_epochs"))
     max_steps: int = step_field((TrainConfig, "max_steps"))
+    save_steps: int = step_field((TrainConfig, "save_steps"))
     per_device_train_batch_size: int = step_field((TrainConfig, "per_device_train_batch_size"))
     precision: str = step_field((TrainConfig, "precision"))
     deepspeed: bool = step_field((TrainConfig, "deepspeed"))

@@ -216,7 +216,7 @@ def _pipeline_version(api: KfpConnection, package: Path, pipeline_name: str) -> 
 
 def submit_run(api: KfpConnection, arguments: dict, profile: ClusterProfile, profile_text: str = "",
                experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-               package: str | os.PathLike | None = None) -> SubmittedRun:
+               package: str | os.PathLike | None = None, enable_caching: bool = True) -> SubmittedRun:
     """Compile for ``profile``, upload, and create a run with ``arguments``.
 
     Args:
@@ -227,6 +227,7 @@ def submit_run(api: KfpConnection, arguments: dict, profile: ClusterProfile, pro
         experiment: the experiment the run goes into (created when missing).
         run_name: the run's name (default: ``searchtune <time>``).
         package: where to keep the compiled YAML (default: a temporary file).
+        enable_caching: False runs every step again (the pipeline is compiled with its cache off).
     """
     from pipelines.cluster_compile import compile_for_profile
     from pipelines.pipeline import PIPELINE_NAME
@@ -234,7 +235,7 @@ def submit_run(api: KfpConnection, arguments: dict, profile: ClusterProfile, pro
     client, host = api.client, api.host
     with tempfile.TemporaryDirectory(prefix="searchtune-submit-") as scratch:
         path = compile_for_profile(Path(package) if package else Path(scratch) / "pipeline.yaml", profile,
-                                   profile_text)
+                                   profile_text, enable_caching=enable_caching)
         pipeline_id, version_id = _pipeline_version(api, path, PIPELINE_NAME)
     experiment_id = call_api("creating the experiment", host, lambda: client.create_experiment(
         name=experiment, namespace=api.namespace)).experiment_id

@@ -257,8 +257,8 @@ def render_job(profile: ClusterProfile, inputs: JobInputs, kind: JobKind) -> dic
 # layout, nodes and processes per node, comes from the cluster profile instead).
 TRAIN_FLAGS: tuple[str, ...] = (
     "model", "train_group_size", "query_max_len", "passage_max_len", "knowledge_distillation", "learning_rate",
-    "temperature", "num_train_epochs", "max_steps", "per_device_train_batch_size", "precision", "deepspeed",
-    "gradient_checkpointing", "freeze_word_embeddings", "seed",
+    "temperature", "num_train_epochs", "max_steps", "save_steps", "per_device_train_batch_size", "precision",
+    "deepspeed", "gradient_checkpointing", "freeze_word_embeddings", "seed",
     "pooling", "normalize", "query_instruction", "passage_instruction",
 )
 

@@ -31,7 +31,7 @@ from components.object_store import (
     seal_folder,
     split_s3_uri,
 )
-from pipelines.kfp_components import evaluate_models
+from pipelines.kfp_components import evaluate_models, score_pairs
 from pipelines.parameters import RECIPE
 from tests.conftest import REPO_ROOT
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
@@ -161,6 +161,28 @@ def test_a_step_refuses_an_input_folder_without_its_marker(tmp_path, s3_environm
         f"{cache}: no completion marker ({COMPLETION_MARKER}): the folder is incomplete or was not written "
         "by searchtune")
     assert ACCESS_KEY not in log.out + log.err and SECRET_KEY not in log.out + log.err
+
+
+def test_score_refuses_mines_vectors_without_their_marker(tmp_path, capfd):
+    """The score step reuses mine's pool vectors only from a sealed folder, as evaluate does."""
+    cache = _cache_folder(tmp_path / "base_embeddings")
+    rows = tmp_path / "mined.jsonl"
+    rows.write_text('{"query": "q", "pos": ["p"], "neg": ["n"]}\n', encoding="utf-8")
+
+    @dsl.pipeline(name="score-handover")
+    def handover():
+        mined = dsl.importer(artifact_uri=str(rows), artifact_class=Dataset)
+        vectors = dsl.importer(artifact_uri=str(cache), artifact_class=Artifact)
+        score_pairs(mined_train=mined.output, base_embeddings=vectors.output, student_model="unused",
+                    teacher="embedding", teacher_model="unused", teacher_temperature=0.0,
+                    cross_encoder_scores="logits", temperature=0.02, query_max_len=8, passage_max_len=8,
+                    encode_batch_size=8, **PROFILE_AS_THE_MODEL_SAYS)
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    with pytest.raises(RuntimeError, match="score-pairs"):
+        handover()
+    log = capfd.readouterr()
+    assert f"IncompleteFolderError: {cache}: no completion marker ({COMPLETION_MARKER})" in log.out + log.err
 
 
 def test_a_launcher_killed_mid_upload_leaves_no_folder_a_step_takes_as_complete(tmp_path, s3_environment, capfd):

@@ -77,6 +77,11 @@ def test_local_run_over_s3_and_the_cache_follows_the_object(tmp_path, s3_environ
     assert set(STEPS) <= _task_outputs(first)
     # The gate's decision ends the output and is in the run's metrics; a refused model is not promoted.
     assert "# Quality gate: " in printed and metrics["gate_promote"] in (0.0, 1.0)
+    last = printed.rstrip("\n").splitlines()[-1]
+    if metrics["gate_promote"] == 1.0:
+        assert last.strip().startswith("searchtune serve --model ") and " --ui " in last
+    else:
+        assert last.startswith("quality gate: do not promote ("), last
     assert (metrics["gate_promote"] == 1.0) == bool(list(first.glob("artifacts/**/promote-model/promoted_model")))
     assert (first / "gate.md").read_text(encoding="utf-8").startswith("# Quality gate: ")
 

@@ -9,6 +9,7 @@ import pytest
 from kfp import dsl, local
 from kfp.dsl import Dataset, Metrics, Model, Output
 
+from pipelines.cli import run_ending
 from pipelines.kfp_components import SEARCHTUNE_IMAGE, parity_check, promote_model, gate_promotion
 
 pytestmark = pytest.mark.slow
@@ -61,4 +62,10 @@ def test_a_passing_gate_promotes_and_the_promoted_copy_is_served_as_trained(tmp_
     assert f"searchtune serve --model {promoted[0].parent} --served-model-name shop-search --ui" in text
     parity = list(tmp_path.glob("artifacts/**/parity-check/parity_report"))
     assert len(parity) == 1 and "served as trained" in parity[0].read_text(encoding="utf-8")
+    # What `searchtune run --local` prints last: the decision, then the one serve command.
+    gate_report = next(tmp_path.glob("artifacts/**/gate-promotion/gate_report")).read_text(encoding="utf-8")
+    ending = run_ending(gate_report, text).splitlines()
+    assert ending[0].startswith("quality gate: promote the fine-tuned model (promote: test recall@1 +0.0500")
+    assert ending[-1].strip().startswith(f"searchtune serve --model {promoted[0].parent} ")
+    assert "--ui --base-model" in ending[-1]
     # The failing side of the condition is the full pipeline's (tests/test_pipeline.py).

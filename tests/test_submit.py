@@ -13,7 +13,7 @@ import os
 import pytest
 
 from pipelines.cli import main
-from pipelines.cluster_profile import ClusterProfile
+from pipelines.cluster_profile import ClusterProfile, parse_cluster_profile
 from tests.kfp_api_server import KfpApiServer, ScriptStep
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
 
@@ -138,6 +138,20 @@ def test_run_without_local_submits_and_waits_to_success(kfp_api, profile_file, c
     assert run.runtime_config.parameters["student_model"] == "BAAI/bge-large-zh-v1.5"
 
 
+def test_no_cache_compiles_every_step_uncached_and_local_only_flags_are_refused(kfp_api, profile_file, capsys):
+    assert main(["submit", "--host", kfp_api.host, "--profile", str(profile_file), "--no-cache"]) == 0
+    [upload] = kfp_api.state.uploads
+    spec = upload["pipeline_spec"]
+    tasks = list(spec["root"]["dag"]["tasks"].values()) + [
+        task for component in spec["components"].values() for task in component.get("dag", {}).get("tasks", {}).values()]
+    assert len(tasks) >= 9 and not any(task["cachingOptions"].get("enableCache") for task in tasks)
+    capsys.readouterr()
+    for flag in ("--output-dir", "--cache-dir"):
+        assert main(["run", "--host", kfp_api.host, "--profile", str(profile_file), flag, "somewhere"]) == 2
+        assert f"{flag}: only a local run (--local)" in capsys.readouterr().err
+    assert len(kfp_api.state.runs) == 1
+
+
 def test_a_multi_user_backend_gets_the_namespace_and_the_token(tmp_path, profile_file, capsys):
     server = KfpApiServer(multi_user=True, token="kfp-test-token").start()
     try:
@@ -154,6 +168,10 @@ def test_a_multi_user_backend_gets_the_namespace_and_the_token(tmp_path, profile
         assert server.state.experiments[run.experiment_id].namespace == "team-b"
         [pipeline] = server.state.pipelines.values()
         assert pipeline.namespace == "team-b"
+        # The training job the fine-tune step launches goes to the same namespace.
+        [upload] = server.state.uploads
+        compiled = upload["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]["cluster_profile"]
+        assert parse_cluster_profile(compiled["defaultValue"]).namespace == "team-b"
         assert "kfp-test-token" not in capsys.readouterr().out
     finally:
         server.stop()
