@@ -221,10 +221,39 @@ class StoreCheckpoints(TrainerCallback):
             logger.error("%d checkpoint(s) were not stored: %s", len(self.failures), "; ".join(self.failures))
 
 
+class ResumeMismatchError(RuntimeError):
+    """The processes of one job start from different steps."""
+
+
+def agree_on_start_step(step: int) -> None:
+    """Every process of the job must start from the same step, or all of them fail.
+
+    Each node picks the newest complete checkpoint in the store on its own; one can complete
+    between two nodes' picks (a survivor's background upload finishing while a lost node
+    restarts). Training on from two steps would desynchronize the ranks' optimizer state and
+    step counts, so every process compares, and on a mismatch every process raises at once:
+    the job restarts, and the next attempt finds the store settled.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    steps: list = [None] * world
+    torch.distributed.all_gather_object(steps, int(step))
+    if len(set(steps)) > 1:
+        by_rank = ", ".join(f"rank {rank}: {value}" for rank, value in enumerate(steps))
+        raise ResumeMismatchError(f"the job's processes start from different checkpoints ({by_rank}): one "
+                                  "completed in the store while the job restarted; every process stops so that "
+                                  "the restarted job resumes from one checkpoint")
+
+
 class AnnounceStart(TrainerCallback):
-    """Logs where training starts (after a resume: the checkpoint's step), with a timestamp."""
+    """Checks that every process starts from the same step (after a resume: the
+    checkpoint's), and logs it with a timestamp."""
 
     def on_train_begin(self, args, state, control, **kwargs):
+        agree_on_start_step(state.global_step)
         if state.is_world_process_zero:
             logger.warning("%s %d of %d", STARTED_MESSAGE, state.global_step, state.max_steps)
 

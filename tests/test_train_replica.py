@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -135,6 +136,34 @@ def test_flagembedding_resume_without_deepspeed_restores_no_weights_and_the_fix_
 
 
 # --------------------------------------------------------------------------- the checkpoint store
+
+
+_AGREEMENT_SCRIPT = """
+import sys, torch.distributed as dist
+from components.resumable_embedder_entry import ResumeMismatchError, agree_on_start_step
+rank, port, steps = int(sys.argv[1]), sys.argv[2], [int(s) for s in sys.argv[3].split(",")]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(steps))
+try:
+    agree_on_start_step(steps[rank])
+    print("agreed")
+except ResumeMismatchError as error:
+    print(f"refused: {error}")
+"""
+
+
+@pytest.mark.parametrize("steps, outcome", [("20,20", "agreed"), ("20,30", "refused")])
+def test_processes_that_start_from_different_checkpoints_all_stop(steps, outcome):
+    """Two processes over gloo, as two nodes that each picked a checkpoint from the store."""
+    port = str(free_port())
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    processes = [subprocess.Popen([sys.executable, "-c", _AGREEMENT_SCRIPT, str(rank), port, steps],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                 for rank in range(2)]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    for output in outputs:
+        assert output.strip().splitlines()[-1].startswith(outcome), output
+    if outcome == "refused":
+        assert "(rank 0: 20, rank 1: 30)" in outputs[0] and "resumes from one checkpoint" in outputs[1]
 
 
 def test_a_checkpoint_is_complete_only_when_every_node_sealed_its_part(tmp_path, s3_environment):
