@@ -94,8 +94,11 @@ def _sglang_check(model_dir: Path) -> ServingCheck:
         architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
     unknown = [name for name in architectures if name not in SGLANG_CLS_ARCHITECTURES]
     if unknown or not architectures:
-        notes.append(f"config.json names {architectures or 'no architecture'}: SGLang's CLS + normalize pooler is "
-                     f"known for {', '.join(SGLANG_CLS_ARCHITECTURES)} only, so its pooling was not checked")
+        # Other families take other poolers in SGLang (a decoder's last token, for one): what
+        # it would serve cannot be shown to match the profile.
+        refusals.append(f"config.json names {architectures or 'no architecture'}, and SGLang's embedding pooling "
+                        f"is known to match a profile only for {', '.join(SGLANG_CLS_ARCHITECTURES)} (CLS + "
+                        "normalize)")
     return ServingCheck(refusals=tuple(refusals), client_duties=tuple(duties), notes=tuple(notes))
 
 

@@ -66,9 +66,20 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML forbids a key twice in one mapping; PyYAML would keep the last one silently."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        duplicated = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicated:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {duplicated}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _objects(rendered: dict[str, str]) -> list[dict]:
     return [doc for name, text in rendered.items() if name.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
+            for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc]
 
 
 def _kind(objects: list[dict], kind: str) -> list[dict]:
@@ -93,10 +104,22 @@ def renders() -> dict[str, list[dict]]:
 # --------------------------------------------------------------------------- lint, schema, Kubernetes
 
 
-def test_lint_is_clean():
-    report = helm_python.lint(CHART, {"model": {"uri": MODEL_URI}}, strict=True, kube_version="v1.30.0")
+@pytest.mark.parametrize("name", CHART_VALUE_SETS)
+def test_lint_is_clean(name):
+    report = helm_python.lint(CHART, chart_values(name), strict=True, kube_version="v1.30.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], problems
+
+
+def test_the_helm_test_pod_is_no_server_to_the_service_or_the_budget(renders):
+    objects = renders["defaults"]
+    [pod] = _kind(objects, "Pod")
+    labels = pod["metadata"]["labels"]
+    for selector in ([d["spec"]["selector"]["matchLabels"] for d in _kind(objects, "Deployment")]
+                     + [b["spec"]["selector"]["matchLabels"] for b in _kind(objects, "PodDisruptionBudget")]
+                     + [s["spec"]["selector"] for s in _kind(objects, "Service")]):
+        assert not all(labels.get(key) == value for key, value in selector.items()), selector
+    assert labels["app.kubernetes.io/component"] == "helm-test"
 
 
 @pytest.mark.parametrize("name", CHART_VALUE_SETS)
@@ -157,6 +180,12 @@ def test_the_service_monitor_schema_refuses_what_prometheus_operator_would():
     ({"model": {"name": "../etc"}}, "at '/model/name'"),
     ({"sglang": {"memfractionstatic": 0.8}}, "at '/sglang': additional properties 'memfractionstatic' not allowed"),
     ({"resources": {"gpu": -1}}, "at '/resources/gpu'"),
+    ({"resources": {"limits": {"memory": "16m"}}}, "at '/resources/limits/memory'"),
+    ({"securityContext": {"privileged": True}}, "at '/securityContext/privileged'"),
+    ({"securityContext": {"runAsUser": 0}}, "at '/securityContext/runAsUser'"),
+    ({"securityContext": {"readOnlyRootFilesystem": False}}, "at '/securityContext/readOnlyRootFilesystem'"),
+    ({"podSecurityContext": {"runAsNonRoot": False}}, "at '/podSecurityContext/runAsNonRoot'"),
+    ({"tolerations": [{"key": "gpu", "operator": "Maybe"}]}, "at '/tolerations/0/operator'"),
 ])
 def test_schema_refuses_bad_values_naming_the_value(values, expected):
     merged = chart_values("defaults")
@@ -175,6 +204,13 @@ def test_schema_refuses_bad_values_naming_the_value(values, expected):
     ({"model": {"uri": MODEL_URI, "pooling": "mean"}},
      "model.pooling=mean: SGLang's BERT/XLM-R embedding path pools the CLS token only"),
     ({"model": {"uri": MODEL_URI, "normalize": False}}, "model.normalize=false: SGLang's BERT/XLM-R embedding path"),
+    ({"model": {"uri": MODEL_URI}, "sglang": {"extraArgs": ["--api-key", "plain"]}},
+     "sglang.extraArgs: --api-key is the chart's own"),
+    ({"model": {"uri": MODEL_URI}, "sglang": {"extraArgs": ["--port=8080"]}}, "sglang.extraArgs: --port is the chart's own"),
+    ({"model": {"uri": MODEL_URI}, "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+     "autoscaling.minReplicas=5 is above autoscaling.maxReplicas=2"),
+    ({"model": {"uri": MODEL_URI}, "ingress": {"enabled": True, "host": "a.example.com", "tls": {"enabled": True}}},
+     "ingress.tls.enabled=true needs ingress.tls.secretName"),
     ({"model": {"uri": MODEL_URI}, "apiKey": {"enabled": True}}, "apiKey.enabled=true needs apiKey.secretName"),
     ({"model": {"uri": MODEL_URI}, "networkPolicy": {"allowedPodLabels": None, "allowedNamespaceLabels": None}},
      "networkPolicy.enabled=true needs networkPolicy.allowedPodLabels or networkPolicy.allowedNamespaceLabels"),

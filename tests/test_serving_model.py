@@ -47,6 +47,19 @@ def test_refuses_a_mean_pooled_model_and_leaves_nothing(tmp_path, s3_environment
     assert not output.exists() and not list(output.parent.iterdir())
 
 
+def test_refuses_an_architecture_whose_sglang_pooling_is_not_known(tmp_path, s3_environment, capsys):
+    import json
+
+    model = build_tiny_bert(tmp_path / "decoder", TEXTS, pooling="cls")
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen3ForCausalLM"]}), encoding="utf-8")
+    upload_folder(model, "s3://data/serving/decoder/model/")
+    code = main(["pull-model", "--uri", "s3://data/serving/decoder/model/", "--output", str(tmp_path / "out"),
+                 "--serving-engine", "sglang"])
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert "config.json names ['Qwen3ForCausalLM']" in capsys.readouterr().err
+
+
 def test_serves_it_anyway_with_a_loud_warning_when_allowed(tmp_path, s3_environment, caplog):
     uri = _upload(tmp_path, "e5", "s3://data/serving/e5-allowed/model/", pooling="mean")
     output = tmp_path / "models" / "e5"

@@ -26,6 +26,17 @@ app.kubernetes.io/part-of: searchtune
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The helm test pod's: none of the selector's pairs, so neither the Service nor the PDB takes it for a server. */}}
+{{- define "searchtune-serving.testLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "searchtune-serving.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: helm-test
+app.kubernetes.io/part-of: searchtune
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
 {{- define "searchtune-serving.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "searchtune-serving.fullname" .) .Values.serviceAccount.name -}}
@@ -72,6 +83,12 @@ one line naming the values involved.
 {{- end -}}
 {{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.allowedPodLabels) (not .Values.networkPolicy.allowedNamespaceLabels) -}}
 {{- fail "networkPolicy.enabled=true needs networkPolicy.allowedPodLabels or networkPolicy.allowedNamespaceLabels: with neither, no client could reach the server" -}}
+{{- end -}}
+{{- range .Values.sglang.extraArgs -}}
+{{- $flag := (splitList "=" (toString .)) | first -}}
+{{- if has $flag (list "--model-path" "--model" "--host" "--port" "--api-key" "--is-embedding" "--served-model-name" "--tp" "--tp-size" "--dtype") -}}
+{{- fail (printf "sglang.extraArgs: %s is the chart's own (model.*, sglang.*, apiKey.*: an API key belongs in a Secret, never in the values)" $flag) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.ingress.enabled .Values.ingress.tls.enabled (not .Values.ingress.tls.secretName) -}}
 {{- fail "ingress.tls.enabled=true needs ingress.tls.secretName" -}}
