@@ -78,7 +78,7 @@ def _write_inputs(root: Path) -> None:
                 (folder / Path(template).name).write_text(text, encoding="utf-8")
     (root / "manifests").mkdir()
     (root / "manifests" / "all.yaml").write_text(kustomize_build(), encoding="utf-8")
-    shutil.copy(MANIFESTS / "s3-secret.template.yaml", root / "manifests" / "s3-secret.template.yaml")
+    shutil.copy(MANIFESTS / "base" / "s3-secret.template.yaml", root / "manifests" / "s3-secret.template.yaml")
     for dockerfile in (REPO_ROOT / "images").glob("*/Dockerfile"):
         target = root / "images" / dockerfile.parent.name / "Dockerfile"
         target.parent.mkdir(parents=True)

@@ -60,10 +60,19 @@ def test_kustomize_builds_the_namespace_identity_rbac_and_launcher_config(object
     assert all(o["metadata"].get("namespace") == "searchtune" for o in objects if o["kind"] != "Namespace")
 
 
+def test_the_namespace_overlay_moves_every_object_and_the_bindings_subject(objects):
+    moved = [doc for doc in yaml.safe_load_all(kustomize_build(MANIFESTS / "overlays" / "team-namespace")) if doc]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in moved) == sorted(
+        (o["kind"], "team-search" if o["kind"] == "Namespace" else o["metadata"]["name"]) for o in objects)
+    assert all(o["metadata"].get("namespace") == "team-search" for o in moved if o["kind"] != "Namespace")
+    assert _one(moved, "RoleBinding")["subjects"][0]["namespace"] == "team-search"
+    assert "searchtune\n" not in yaml.safe_dump_all(moved).replace("part-of: searchtune\n", "")
+
+
 @pytest.mark.parametrize("path", ["kustomize build", "s3-secret.template.yaml"])
 def test_core_kinds_pass_kubernetes_validate_strict(objects, path):
     documents = objects if path == "kustomize build" else \
-        list(yaml.safe_load_all((MANIFESTS / path).read_text(encoding="utf-8")))
+        list(yaml.safe_load_all((MANIFESTS / "base" / path).read_text(encoding="utf-8")))
     for obj in documents:
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -82,6 +91,8 @@ def test_the_role_grants_training_jobs_pods_and_logs_in_its_namespace_only(objec
     assert granted[("", "pods")] == {"get", "list", "watch"}
     assert granted[("", "pods/log")] == {"get"}
     assert granted[("", "events")] == {"list", "watch"}
+    # Argo's executor in every step pod writes its step's results (workflow-rbac.md's minimum).
+    assert granted[("argoproj.io", "workflowtaskresults")] == {"create", "patch"}
     # No wildcard anywhere; Secrets and ConfigMaps only by name, read only.
     assert not any("*" in rule[key] for rule in role["rules"] for key in ("apiGroups", "resources", "verbs"))
     named = {rule["resources"][0]: rule for rule in role["rules"] if "resourceNames" in rule}
@@ -127,7 +138,7 @@ def test_the_launcher_schema_refuses_a_misspelt_key():
 
 
 def test_the_secret_template_holds_placeholders_never_a_key():
-    template = yaml.safe_load((MANIFESTS / "s3-secret.template.yaml").read_text(encoding="utf-8"))
+    template = yaml.safe_load((MANIFESTS / "base" / "s3-secret.template.yaml").read_text(encoding="utf-8"))
     profile = ClusterProfile()
     assert template["metadata"]["name"] == profile.s3.secret_name
     assert set(template["stringData"]) == {profile.s3.access_key_key, profile.s3.secret_key_key}
