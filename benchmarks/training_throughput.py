@@ -43,6 +43,8 @@ SETTINGS: dict[str, dict] = {
     "freeze word embeddings": {"freeze_word_embeddings": True},
     "freeze + group 4, batch 8": {"freeze_word_embeddings": True, "train_group_size": 4,
                                   "per_device_train_batch_size": 8},
+    "freeze + group 4, batch 8, fp32": {"freeze_word_embeddings": True, "train_group_size": 4,
+                                        "per_device_train_batch_size": 8, "precision": "fp32"},
     "freeze + passages 64": {"freeze_word_embeddings": True, "passage_max_len": 64},
     "freeze + 2 processes (gloo)": {"freeze_word_embeddings": True, "nproc_per_node": 2,
                                     "per_device_train_batch_size": 2},
