@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.metric_names import POOLS, flat_metric_names
-from components.object_store import is_s3_uri, join_uri, list_objects, read_object
+from components.object_store import describe_object, is_s3_uri, join_uri, list_objects, read_object
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,9 @@ def _metrics_under_kfp_root(root: str) -> str | None:
     """The evaluate step's metrics artifact anywhere under a KFP run's root (layouts vary by version)."""
     candidates = [uri for uri in list_objects(root)
                   if uri.rstrip("/").endswith("/" + METRICS_ARTIFACT) and f"/{EVALUATE_TASK}/" in uri]
-    return sorted(candidates)[-1] if candidates else None
+    if len(candidates) > 1:  # a retried step: the newest attempt's metrics, not the first name in order
+        return max(candidates, key=lambda uri: (describe_object(uri)["last_modified"], uri))
+    return candidates[0] if candidates else None
 
 
 def load_s3_run(root: str) -> RunRecord:

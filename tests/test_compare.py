@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import time
 import uuid
 
 import pytest
@@ -89,6 +90,11 @@ def test_s3_run_roots_folder_and_kfp_layout(tmp_path, s3_environment, capsys):
     client.put_object(Bucket="data", Key="runs/weekly-47/metrics.json", Body=json.dumps(_metrics(0.02)).encode())
     run_id = str(uuid.uuid4())
     # Where KFP 2.x launchers put the evaluate step's metrics artifact (a salt folder in newer ones).
+    # A retried evaluate step: the second attempt (the newer object) holds the run's metrics,
+    # though its folder sorts first.
+    client.put_object(Bucket="data", Key=f"pr/searchtune-finetune-embedder/{run_id}/evaluate-models/9173/metrics",
+                      Body=json.dumps(_metrics(0.01)).encode())
+    time.sleep(1.1)  # S3 keeps LastModified in whole seconds
     client.put_object(Bucket="data", Key=f"pr/searchtune-finetune-embedder/{run_id}/evaluate-models/8841/metrics",
                       Body=json.dumps(_metrics(0.07)).encode())
     code = main(["compare", "s3://data/runs/weekly-47", f"s3://data/pr/searchtune-finetune-embedder/{run_id}"])
