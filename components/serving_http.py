@@ -8,13 +8,10 @@ the command line in an image without FastAPI, does not import the web stack.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -98,24 +95,6 @@ def _error_response(error: APIError):
     return _json_response(error.body(), error.status)
 
 
-def _local_model(name: str) -> str:
-    """A local path for ``name``; an ``s3://`` model folder is downloaded (sealed) and cached.
-
-    Promoted models live under content-versioned prefixes, so a complete cached copy of a
-    URI is that model.
-    """
-    from components.object_store import download_folder, is_complete_folder, is_s3_uri
-
-    if not is_s3_uri(name):
-        return name
-    cache_root = Path(os.environ.get("SEARCHTUNE_CACHE", "~/.cache/searchtune")).expanduser()
-    cached = cache_root / "served" / hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
-    if not is_complete_folder(cached):
-        logger.info("downloading %s to %s", name, cached)
-        download_folder(name, cached)
-    return str(cached)
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes, whether or not the client
     declared its length (a chunked body has no Content-Length)."""
@@ -137,8 +116,8 @@ def create_app(config: ServeConfig):
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    model = resolve_model(_local_model(config.model))
-    model = replace(model, name=config.model)
+    # An s3:// model (a promoted copy) is downloaded sealed, once per content.
+    model = replace(resolve_model(config.model), name=config.model)
     model = replace(model, profile=served_profile(model, config))
     try:
         encoder = TextEncoder(model, EncodeConfig(batch_size=config.max_batch_texts,

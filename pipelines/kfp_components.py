@@ -194,13 +194,14 @@ def fine_tune_embedder(
     import json
 
     if train_executor == "local":
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
             raise RuntimeError(
                 "train_executor=local trains with torchrun in this step's own pod, but its image has no torch: "
                 "the pipeline was compiled for a cluster job (the cluster profile's training.executor); "
-                "recompile with training.executor: local to train in the train image, or keep the compiled executor")
+                "recompile with training.executor: local to train in the train image, or keep the compiled executor"
+            ) from None
         from components.object_store import seal_folder
         from components.train import TrainConfig, fine_tune
         from pipelines.parameters import step_config

@@ -81,3 +81,28 @@ def test_promote_and_the_job_launcher_import_without_the_numeric_stack():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("PyTorchJob")
+
+
+def test_a_local_executor_in_the_launcher_image_says_what_to_recompile(tmp_path):
+    """A pipeline compiled for a job puts fine-tune in this image; `train_executor=local` then
+    cannot train here, and the step says so instead of failing on a missing torch."""
+    result = _run_without_the_numeric_stack(f"""
+        import inspect
+        from kfp import dsl
+        from pipelines.kfp_components import fine_tune_embedder
+        body = fine_tune_embedder.python_func
+        # Any value of each parameter's type: the step must stop before it reads one.
+        arguments = {{name: parameter.annotation() for name, parameter in inspect.signature(body).parameters.items()
+                     if parameter.annotation in (str, int, float, bool)}}
+        arguments.update(scored_train=dsl.Dataset(uri={str(tmp_path / 'rows')!r}),
+                         finetuned_model=dsl.Model(uri={str(tmp_path / 'model')!r}),
+                         training_metrics=dsl.Metrics(uri={str(tmp_path / 'metrics')!r}), train_executor="local")
+        try:
+            body(**arguments)
+        except RuntimeError as error:
+            print("REFUSED", error)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "REFUSED train_executor=local trains with torchrun in this step's own pod, but its image has no torch" \
+        in result.stdout
+    assert "recompile with training.executor: local" in result.stdout
