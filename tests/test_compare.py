@@ -48,16 +48,16 @@ def test_local_runs_side_by_side_in_text_markdown_and_html(tmp_path, capsys):
                                                                    "final_train_loss": 0.42,
                                                                    "gate_decision": "promote"}),
                     learning_rate=1e-4)
-    c = _run_folder(tmp_path / "runs" / "kd-off", _metrics(0.08), knowledge_distillation="off")
+    c = _run_folder(tmp_path / "runs" / "kd-on", _metrics(0.08), knowledge_distillation="on")
     code = main(["compare", str(a), str(b), str(c), "--markdown", str(tmp_path / "c.md"),
                  "--html", str(tmp_path / "c.html")])
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["lr-5e-5", "lr-1e-4", "(best)", "kd-off"]
+    assert lines[0].split() == ["lr-5e-5", "lr-1e-4", "(best)", "kd-on"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:] if line.startswith("  ")}
     assert rows["learning_rate"] == ["5e-05", "0.0001", "5e-05"]
-    assert rows["knowledge_distillation"] == ["auto", "auto", "off"]
+    assert rows["knowledge_distillation"] == ["off", "off", "on"]
     assert "seed" not in rows and "student_model" not in rows, "only the parameters that differ"
     best = f"{_metrics(0.12)['global_mrr_at_10_finetuned']:.4f}"
     assert rows["global_mrr_at_10_finetuned"][1:3] == [best, "*"], "the best run of a ranked metric"
