@@ -249,7 +249,7 @@ def _set_items(items: list[str]) -> dict[str, str]:
 
 
 def _command_submit(args: argparse.Namespace) -> int:
-    from pipelines.submit import kfp_client, run_arguments, submit_run, wait_for_run
+    from pipelines.submit import check_models_reach_the_pods, kfp_client, run_arguments, submit_run, wait_for_run
 
     profile, text = _load_profile(args)
     local_only = [flag for flag, value in (("--output-dir", getattr(args, "output_dir", None)),
@@ -272,6 +272,8 @@ def _command_submit(args: argparse.Namespace) -> int:
         profile = replace(profile, namespace=args.namespace)
         text = profile_to_yaml(profile)
     api = kfp_client(args.host, profile.namespace, args.token_file, args.kube_context)
+    if not args.models_in_image:
+        check_models_reach_the_pods(parameters.as_arguments())
     explicit = {item.partition("=")[0].replace("-", "_") for item in args.set or []}
     run = submit_run(api, run_arguments(parameters.as_arguments(), explicit), profile, text,
                      experiment=args.experiment, run_name=args.run_name, package=args.output,
@@ -358,6 +360,9 @@ def _add_submit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=float, default=3 * 24 * 3600, help="seconds --wait follows the run")
     group.add_argument("--poll-seconds", type=float, default=10.0, help="seconds between state checks")
     group.add_argument("--output", type=Path, help="also keep the compiled pipeline YAML here")
+    group.add_argument("--models-in-image", action="store_true",
+                       help="the images carry the models in their Hugging Face cache: allow hub names for "
+                            "student_model and teacher_model (by default they must be s3:// folders)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -184,6 +184,27 @@ def run_arguments(parameters: dict, explicit: set[str] | frozenset[str] = frozen
             if name not in PROFILE_PIPELINE_PARAMETERS or name in explicit}
 
 
+def check_models_reach_the_pods(parameters: dict) -> None:
+    """Refuse a cluster run whose models the step pods could not load.
+
+    The images run with ``HF_HUB_OFFLINE`` and no Hugging Face cache: a hub name fails in the
+    first step that loads it, after the run has started. A model the pods can read is a
+    sealed ``s3://`` folder (``searchtune push-model``) or a builtin one.
+
+    Raises:
+        ValueError: naming the parameter and the command that puts the model in S3.
+    """
+    names = ["student_model"] + (["teacher_model"] if parameters.get("teacher_model") else [])
+    for name in names:
+        model = str(parameters.get(name, ""))
+        if model.startswith(("s3://", "builtin:")):
+            continue
+        raise ValueError(f"{name}={model!r}: a cluster run's pods have no model hub and no local folders; put the "
+                         f"model in S3 with `searchtune push-model --model {model} --uri s3://<bucket>/models/"
+                         f"{model.rstrip('/').rsplit('/', 1)[-1]}/` and pass --set {name}=<that URI> (or "
+                         "--models-in-image when your images carry it in their Hugging Face cache)")
+
+
 def _pipeline_version(api: KfpConnection, package: Path, pipeline_name: str) -> tuple[str, str]:
     """``(pipeline_id, version_id)`` of this exact YAML, uploading it only when new."""
     client, host = api.client, api.host

@@ -17,6 +17,10 @@ from pipelines.cluster_profile import ClusterProfile, parse_cluster_profile
 from tests.kfp_api_server import KfpApiServer, ScriptStep
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
 
+# The recipe's models as a cluster run takes them: sealed folders in S3 (searchtune push-model).
+STUDENT, TEACHER = "s3://ml-models/base/bge-large-zh-v1.5/", "s3://ml-models/base/bge-reranker-v2-m3/"
+MODELS = ["--set", f"student_model={STUDENT}", "--set", f"teacher_model={TEACHER}"]
+
 PROFILE = """\
 namespace: team-search
 service_account: search-runner
@@ -72,7 +76,7 @@ def _no_credentials_sent(server: KfpApiServer, printed: str) -> None:
 
 
 def test_submit_uploads_the_profiled_pipeline_and_creates_the_run(kfp_api, profile_file, capsys):
-    code = main(["submit", "--host", kfp_api.host, "--profile", str(profile_file), "--experiment", "weekly",
+    code = main(["submit", *MODELS, "--host", kfp_api.host, "--profile", str(profile_file), "--experiment", "weekly",
                  "--run-name", "weekly 48", "--set", "num_train_epochs=2", "--set", "deepspeed=false",
                  "--train-data", "s3://ml-data/rows.jsonl"])
     printed = capsys.readouterr()
@@ -97,7 +101,8 @@ def test_submit_uploads_the_profiled_pipeline_and_creates_the_run(kfp_api, profi
     parameters = run.runtime_config.parameters
     assert parameters["num_train_epochs"] == 2.0 and parameters["deepspeed"] is False
     assert parameters["train_data"] == "s3://ml-data/rows.jsonl"
-    assert parameters["student_model"] == "BAAI/bge-large-zh-v1.5", "a cluster run starts from the recipe"
+    assert parameters["student_model"] == STUDENT and parameters["teacher_model"] == TEACHER
+    assert parameters["learning_rate"] == 1e-5, "a cluster run starts from the recipe"
     # Single-user backend: no call carries a namespace.
     assert not [r for r in kfp_api.state.requests if "namespace" in r[2]]
     _no_credentials_sent(kfp_api, printed.out + printed.err)
@@ -105,7 +110,7 @@ def test_submit_uploads_the_profiled_pipeline_and_creates_the_run(kfp_api, profi
 
 def test_an_unchanged_pipeline_is_uploaded_once_per_version(kfp_api, profile_file, capsys):
     for _ in range(3):
-        assert main(["submit", "--host", kfp_api.host, "--profile", str(profile_file)]) == 0
+        assert main(["submit", *MODELS, "--host", kfp_api.host, "--profile", str(profile_file)]) == 0
     [pipeline_id] = kfp_api.state.pipelines
     versions = kfp_api.state.versions[pipeline_id]
     # The first upload makes the pipeline (its first version); later ones add the digest-named version once.
@@ -118,7 +123,7 @@ def test_an_unchanged_pipeline_is_uploaded_once_per_version(kfp_api, profile_fil
 
 def test_wait_follows_the_run_and_names_the_failed_step(kfp_api, profile_file, capsys):
     kfp_api.state.script = FAILED_IN_MINE
-    code = main(["submit", "--host", kfp_api.host, "--profile", str(profile_file), "--wait", "--poll-seconds", "0.05"])
+    code = main(["submit", *MODELS, "--host", kfp_api.host, "--profile", str(profile_file), "--wait", "--poll-seconds", "0.05"])
     printed = capsys.readouterr()
     assert code == 1
     assert "prepare-data: running" in printed.out and "prepare-data: succeeded" in printed.out
@@ -130,16 +135,16 @@ def test_wait_follows_the_run_and_names_the_failed_step(kfp_api, profile_file, c
 
 def test_run_without_local_submits_and_waits_to_success(kfp_api, profile_file, capsys):
     kfp_api.state.script = SUCCEEDED
-    code = main(["run", "--host", kfp_api.host, "--profile", str(profile_file), "--wait", "--poll-seconds", "0.05"])
+    code = main(["run", *MODELS, "--host", kfp_api.host, "--profile", str(profile_file), "--wait", "--poll-seconds", "0.05"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     [run] = kfp_api.state.runs.values()
     assert f"run {run.run_id} succeeded" in printed.out and "evaluate-models: succeeded" in printed.out
-    assert run.runtime_config.parameters["student_model"] == "BAAI/bge-large-zh-v1.5"
+    assert run.runtime_config.parameters["student_model"] == STUDENT
 
 
 def test_no_cache_compiles_every_step_uncached_and_local_only_flags_are_refused(kfp_api, profile_file, capsys):
-    assert main(["submit", "--host", kfp_api.host, "--profile", str(profile_file), "--no-cache"]) == 0
+    assert main(["submit", *MODELS, "--host", kfp_api.host, "--profile", str(profile_file), "--no-cache"]) == 0
     [upload] = kfp_api.state.uploads
     spec = upload["pipeline_spec"]
     tasks = list(spec["root"]["dag"]["tasks"].values()) + [
@@ -147,7 +152,7 @@ def test_no_cache_compiles_every_step_uncached_and_local_only_flags_are_refused(
     assert len(tasks) >= 9 and not any(task["cachingOptions"].get("enableCache") for task in tasks)
     capsys.readouterr()
     for flag in ("--output-dir", "--cache-dir"):
-        assert main(["run", "--host", kfp_api.host, "--profile", str(profile_file), flag, "somewhere"]) == 2
+        assert main(["run", *MODELS, "--host", kfp_api.host, "--profile", str(profile_file), flag, "somewhere"]) == 2
         assert f"{flag}: only a local run (--local)" in capsys.readouterr().err
     assert len(kfp_api.state.runs) == 1
 
@@ -155,14 +160,14 @@ def test_no_cache_compiles_every_step_uncached_and_local_only_flags_are_refused(
 def test_a_multi_user_backend_gets_the_namespace_and_the_token(tmp_path, profile_file, capsys):
     server = KfpApiServer(multi_user=True, token="kfp-test-token").start()
     try:
-        assert main(["submit", "--host", server.host, "--profile", str(profile_file)]) == 1
+        assert main(["submit", *MODELS, "--host", server.host, "--profile", str(profile_file)]) == 1
         error = capsys.readouterr().err.strip()
         assert error.startswith(f"searchtune: error: {server.host}: ") and "HTTP 401" in error
         assert "check the token" in error and "\n" not in error and "Traceback" not in error
 
         token = tmp_path / "token"
         token.write_text("kfp-test-token\n", encoding="utf-8")
-        assert main(["submit", "--host", server.host, "--profile", str(profile_file), "--token-file", str(token),
+        assert main(["submit", *MODELS, "--host", server.host, "--profile", str(profile_file), "--token-file", str(token),
                      "--namespace", "team-b"]) == 0, capsys.readouterr().err
         [run] = server.state.runs.values()
         assert server.state.experiments[run.experiment_id].namespace == "team-b"
@@ -183,7 +188,7 @@ def test_a_projected_service_account_token_is_used_in_a_pod(tmp_path, profile_fi
         token = tmp_path / "sa-token"
         token.write_text("projected-sa-token", encoding="utf-8")
         monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
-        assert main(["submit", "--host", server.host, "--profile", str(profile_file)]) == 0, capsys.readouterr().err
+        assert main(["submit", *MODELS, "--host", server.host, "--profile", str(profile_file)]) == 0, capsys.readouterr().err
         [run] = server.state.runs.values()
         assert server.state.experiments[run.experiment_id].namespace == "team-search", "the profile's namespace"
     finally:
@@ -191,8 +196,8 @@ def test_a_projected_service_account_token_is_used_in_a_pod(tmp_path, profile_fi
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["submit"], "no KFP API to talk to: give --host URL"),
-    (["run"], "no KFP API to talk to: give --host URL"),
+    (["submit", *MODELS], "no KFP API to talk to: give --host URL"),
+    (["run", *MODELS], "no KFP API to talk to: give --host URL"),
     (["submit", "--host", "http://127.0.0.1:9", "--train-data", "rows.jsonl"],
      "--train-data: a cluster run reads its data from S3; give an s3:// URI, not 'rows.jsonl'"),
     (["submit", "--host", "http://127.0.0.1:9", "--set", "no_such_thing=1"], "no_such_thing"),
@@ -201,6 +206,23 @@ def test_bad_submissions_stop_with_one_line_and_exit_2(arguments, message, capsy
     assert main(arguments) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+def test_hub_models_are_refused_before_anything_is_uploaded(kfp_api, profile_file, capsys):
+    """The images have no model hub: the recipe's hub names would fail in the first step's pod."""
+    assert main(["submit", "--host", kfp_api.host, "--profile", str(profile_file)]) == 2
+    error = capsys.readouterr().err
+    assert ("student_model='BAAI/bge-large-zh-v1.5': a cluster run's pods have no model hub and no local "
+            "folders; put the model in S3 with `searchtune push-model --model BAAI/bge-large-zh-v1.5 --uri "
+            "s3://<bucket>/models/bge-large-zh-v1.5/`") in error and error.count("\n") == 1
+    assert main(["submit", "--host", kfp_api.host, "--profile", str(profile_file), "--set",
+                 f"student_model={STUDENT}"]) == 2
+    assert "teacher_model='BAAI/bge-reranker-v2-m3': a cluster run's pods have no model hub" in capsys.readouterr().err
+    assert not kfp_api.state.uploads and not kfp_api.state.runs
+    # Images that carry the models in their Hugging Face cache say so, and the names go through.
+    assert main(["submit", "--host", kfp_api.host, "--profile", str(profile_file), "--models-in-image"]) == 0
+    [run] = kfp_api.state.runs.values()
+    assert run.runtime_config.parameters["student_model"] == "BAAI/bge-large-zh-v1.5"
 
 
 def test_profile_decided_parameters_keep_their_compiled_defaults():
@@ -212,7 +234,7 @@ def test_profile_decided_parameters_keep_their_compiled_defaults():
 
 
 def test_an_unreachable_api_fails_in_one_line(capsys):
-    assert main(["submit", "--host", "http://127.0.0.1:9"]) == 1
+    assert main(["submit", *MODELS, "--host", "http://127.0.0.1:9"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("searchtune: error: http://127.0.0.1:9: ") and "cannot reach the KFP API" in error
     assert error.count("\n") == 1
@@ -227,8 +249,9 @@ def test_end_to_end_submit_to_a_real_backend(capsys, monkeypatch):
     # The fixture above cleared the ambient settings; a real backend needs the caller's.
     monkeypatch.setenv("HOME", os.path.expanduser(f"~{os.environ.get('USER', 'root')}"))
     profile = os.environ.get("SEARCHTUNE_KFP_PROFILE")
+    # The local preset's builtin model is in the steps image: no model needs pushing first.
     arguments = ["submit", "--host", os.environ["SEARCHTUNE_KFP_HOST"], "--experiment", "searchtune-e2e",
-                 "--set", "sample_queries=200", "--set", "max_steps=5"]
+                 "--preset", "local", "--set", "sample_queries=200", "--set", "max_steps=5"]
     arguments += ["--profile", profile] if profile else []
     if os.environ.get("SEARCHTUNE_KFP_TOKEN_FILE"):
         arguments += ["--token-file", os.environ["SEARCHTUNE_KFP_TOKEN_FILE"]]
