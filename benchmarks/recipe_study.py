@@ -375,13 +375,24 @@ def _load(output: Path) -> dict:
     if output.is_file():
         return json.loads(output.read_text(encoding="utf-8"))
     return {"benchmark": "recipe_study", "data": "cmrc_drcd_zh", "validation_fraction": VALIDATION_FRACTION,
-            "preset": dataclasses.asdict(LOCAL), "trials": []}
+            "reference_parameters": reference_parameters(), "trials": []}
+
+
+def reference_parameters() -> dict:
+    """The reference trial's pipeline parameters: every trial's overrides apply over these."""
+    parameters, _ = _parameters(LEVERS[REFERENCE])
+    return dataclasses.asdict(parameters)
 
 
 def _save(output: Path, study: dict) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_suffix(".json.partial")
-    temporary.write_text(json.dumps(study, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    # One line per trial: each holds every validation query's rank, which would otherwise take
+    # a line of its own.
+    head = json.dumps({k: v for k, v in study.items() if k != "trials"}, ensure_ascii=False, indent=1)
+    trials = ",\n".join("  " + json.dumps(trial, ensure_ascii=False) for trial in study.get("trials", []))
+    temporary.write_text(head[:-2] + ',\n "trials": [\n' + trials + "\n ]\n}\n", encoding="utf-8")
+    json.loads(temporary.read_text(encoding="utf-8"))  # still one JSON document
     os.replace(temporary, output)
 
 
